@@ -1,0 +1,103 @@
+"""ERIS: Efficient Referring Image Segmentation (Cuttano et al., IEEE RA-L 2025).
+
+The forward pass is split the way the Pi runs it: :meth:`ERIS.encode_text` computes every
+tensor that depends only on the phrase (:class:`TextFeatures`), :meth:`ERIS.segment` takes the
+image and those tensors. ``forward`` is the two in sequence and always returns the same
+:class:`ErisOutput`, in training as in evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from eris.backbones.stdc import STDCNet
+from eris.config import ErisConfig
+from eris.modules import IAM, DeformableFPN, EarlyFusion, GlobalContext, TextVisualRefinement
+from eris.text.bert import BertEncoder
+
+__all__ = ["ERIS", "ErisOutput", "TextFeatures"]
+
+
+@dataclass
+class TextFeatures:
+    """Everything the image pass needs from the phrase; computed once per phrase."""
+
+    key_mask: Tensor                 # [B, L] bool, True for real tokens
+    fusion_keys: list[Tensor]        # per stage [B, heads, L, d], pre-scaled
+    fusion_values: list[Tensor]      # per stage [B, heads, d, L]
+    iam_gates: list[Tensor]          # per stage [B, C'] in (0, 1)
+    query0: Tensor                   # Q_0 [B, C']
+
+
+@dataclass
+class ErisOutput:
+    logits: Tensor                   # [B, 1, H/4, W/4], the prediction of Q^O
+    aux_logits: list[Tensor]         # predictions of Q_0 .. Q_{steps-1}, same shape (deep supervision)
+    features: Tensor                 # F^O [B, C', H/4, W/4] (feature distillation)
+    query: Tensor                    # Q^O [B, C']
+
+
+class ERIS(nn.Module):
+    def __init__(self, config: ErisConfig, backbone: STDCNet, text_encoder: BertEncoder):
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.text_encoder = text_encoder
+        text_dim = text_encoder.config.hidden_size
+        infos = backbone.feature_info
+        self.fusions = nn.ModuleList(
+            EarlyFusion(f.channels, text_dim, config.fusion_dim, config.fusion_heads) for f in infos)
+        self.iams = nn.ModuleList(IAM(f.channels, text_dim, config.dim) for f in infos)
+        self.global_context = GlobalContext(infos[-1].channels, config.dim)
+        self.fpn = DeformableFPN(config.dim, levels=len(infos))
+        # TVR visits levels coarse to fine; F^O sits one level below the finest (stride 4).
+        out_stride = infos[0].reduction // 2
+        self.tvr = TextVisualRefinement(config.dim, text_dim,
+                                        tuple(f.reduction // out_stride for f in reversed(infos)))
+        self.output_stride = out_stride
+        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)
+        if config.freeze_text:
+            self.text_encoder.requires_grad_(False)
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
+        tokens = self.text_encoder(input_ids, attention_mask)
+        sentence = tokens[:, 0]  # [CLS]
+        keys, values = zip(*(f.text_kv(tokens) for f in self.fusions))
+        return TextFeatures(
+            key_mask=attention_mask.bool(),
+            fusion_keys=list(keys),
+            fusion_values=list(values),
+            iam_gates=[iam.text_gate(sentence) for iam in self.iams],
+            query0=self.tvr.initial_query(sentence),
+        )
+
+    def segment(self, image: Tensor, text: TextFeatures) -> ErisOutput:
+        """``image``: float RGB ``[B, 3, H, W]`` in 0..255, H and W multiples of 32."""
+        self._check_image(image)
+        x = self.backbone.forward_stem((image - self.pixel_mean) / self.pixel_std)
+        aligned = []
+        for i, fusion in enumerate(self.fusions):
+            x = self.backbone.forward_stage(i, x)
+            x = fusion(x, text.fusion_keys[i], text.fusion_values[i], text.key_mask)
+            aligned.append(self.iams[i](x, text.iam_gates[i]))
+        aligned[-1] = aligned[-1] + self.global_context(x)
+        levels, features = self.fpn(aligned)
+        query, logits = self.tvr(text.query0, levels, features)
+        return ErisOutput(logits=logits[-1], aux_logits=logits[:-1], features=features, query=query)
+
+    def forward(self, image: Tensor, input_ids: Tensor, attention_mask: Tensor) -> ErisOutput:
+        return self.segment(image, self.encode_text(input_ids, attention_mask))
+
+    def _check_image(self, image: Tensor) -> None:
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return
+        d = self.config.size_divisor
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f"image must be [B, 3, H, W], got {tuple(image.shape)}")
+        if image.shape[2] % d or image.shape[3] % d:
+            raise ValueError(f"image size {tuple(image.shape[2:])} is not a multiple of {d}; "
+                             f"resize or pad it first")

@@ -1,0 +1,44 @@
+"""Early Fusion: text -> image cross-attention after a backbone stage.
+
+F <- F + F * W_up(softmax(Q K^T / sqrt(d)) V), Q = W_q F (per pixel), K, V from the token
+features, padded tokens masked out. Attention runs over the L tokens for each of the N pixels,
+so it costs O(N * L): the only matrices are [heads, L, N].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["EarlyFusion"]
+
+
+class EarlyFusion(nn.Module):
+    def __init__(self, channels: int, text_dim: int, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"fusion dim {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.query = nn.Conv2d(channels, dim, 1)
+        self.key = nn.Linear(text_dim, dim)
+        self.value = nn.Linear(text_dim, dim)
+        self.out = nn.Conv2d(dim, channels, 1)  # W_up
+
+    def text_kv(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Phrase-only part: keys ``[B, h, L, d]`` (pre-scaled by 1/sqrt(d)) and values ``[B, h, d, L]``."""
+        b, l, _ = tokens.shape
+        k = self.key(tokens).view(b, l, self.heads, -1).transpose(1, 2)
+        k = k / math.sqrt(k.shape[-1])
+        v = self.value(tokens).view(b, l, self.heads, -1).permute(0, 2, 3, 1)
+        return k, v
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
+        """``key_mask`` is ``[B, L]`` bool, True for real tokens."""
+        b, c, h, w = x.shape
+        q = self.query(x).reshape(b, self.heads, -1, h * w)          # [B, h, d, N]
+        scores = k @ q                                                # [B, h, L, N]
+        scores = scores.masked_fill(~key_mask[:, None, :, None], torch.finfo(scores.dtype).min)
+        attended = v @ scores.softmax(dim=2)                          # [B, h, d, N]
+        return x + x * self.out(attended.reshape(b, -1, h, w))

@@ -1,0 +1,57 @@
+"""Text-Visual Refinement and the parameter-free dot-product head.
+
+The sentence query Q_0 attends, one FPN level at a time (coarse to fine), to the pixels its
+own current prediction marks as foreground: Q_j = softmax(Q_{j-1} K_i^T / sqrt(D)) V_i + Q_{j-1}.
+The prediction of Q_{j-1} is the head at stride 4, average-pooled to level i; where it marks no
+pixel of an image, that image's step attends everywhere. One query per image: O(N) attention.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["TextVisualRefinement", "dot_product_head"]
+
+
+def dot_product_head(query: Tensor, features: Tensor) -> Tensor:
+    """Mask logits ``[B, 1, H, W]`` = Q . F at every pixel; no parameters."""
+    b, c, h, w = features.shape
+    return (query.unsqueeze(1) @ features.reshape(b, c, h * w)).reshape(b, 1, h, w)
+
+
+class TextVisualRefinement(nn.Module):
+    def __init__(self, dim: int, text_dim: int, pool_factors: tuple[int, ...]):
+        """``pool_factors[j]``: how many stride-4 pixels span one pixel of the level of step j."""
+        super().__init__()
+        self.pool_factors = tuple(pool_factors)
+        self.query0 = nn.Linear(text_dim, dim)
+        self.keys = nn.ModuleList(nn.Conv2d(dim, dim, 1) for _ in pool_factors)
+        self.values = nn.ModuleList(nn.Conv2d(dim, dim, 1) for _ in pool_factors)
+        self.scale = 1.0 / math.sqrt(dim)
+
+    def initial_query(self, sentence: Tensor) -> Tensor:
+        """Phrase-only part: Q_0 ``[B, dim]``."""
+        return self.query0(sentence)
+
+    def forward(self, q0: Tensor, levels: list[Tensor], features: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``levels`` coarse to fine, ``features`` = F^O at stride 4.
+
+        Returns Q^O and the head's logits for Q_0 .. Q_steps (the last is the final prediction).
+        """
+        q = q0
+        logits = [dot_product_head(q, features)]
+        for j, level in enumerate(levels):
+            b, c, h, w = level.shape
+            foreground = F.avg_pool2d(logits[-1], self.pool_factors[j]).reshape(b, 1, h * w) > 0
+            keep = foreground | ~foreground.any(dim=-1, keepdim=True)
+            keys = self.keys[j](level).reshape(b, c, h * w)
+            values = self.values[j](level).reshape(b, c, h * w)
+            scores = (q.unsqueeze(1) @ keys) * self.scale                     # [B, 1, N]
+            scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+            q = (scores.softmax(-1) @ values.transpose(1, 2)).squeeze(1) + q  # [B, dim]
+            logits.append(dot_product_head(q, features))
+        return q, logits

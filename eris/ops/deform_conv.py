@@ -1,0 +1,186 @@
+"""Modulated deformable convolution (DCNv2) written with standard ops only.
+
+Semantics are exactly those of ``torchvision.ops.deform_conv2d``:
+
+* ``offset`` is ``[B, 2 * G * K, Ho, Wo]`` with, for each offset group ``g`` and each tap
+  ``k`` (taps row-major over the kernel), the pair ``(dy, dx)`` interleaved:
+  channel ``2 * (g * K + k)`` is dy and ``2 * (g * K + k) + 1`` is dx;
+* each tap samples the input bilinearly at ``(oy * stride - pad + ki * dil + dy,
+  ox * stride - pad + kj * dil + dx)``, corners outside the image read as zero;
+* ``mask`` (``[B, G * K, Ho, Wo]``) multiplies each sample as given (no sigmoid here);
+* ``weight`` is ``[C_out, C_in / weight_groups, kh, kw]``.
+
+Why not torchvision: its op is a custom kernel, so ONNX export needs ``DeformConv`` (opset 19,
+unsupported by onnxruntime's quantizer and by TFLite). Here the sampling is coordinate
+arithmetic plus row gathers from a ``[B*G*H*W, C/G]`` table (ONNX ``Gather`` on axis 0, whose
+index tensor is only ``K * Ho * Wo`` long), and the weighted sum over the ``C*K`` sampled
+channels is one batched matmul. A ``grid_sample`` formulation with the same semantics is kept
+for the benchmark (``python -m eris.ops.bench``); the gather one is the default because it
+is as fast on CPU and converts to TFLite and INT8 QDQ graphs, where ``GridSample`` does not.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["deform_conv2d", "deform_conv2d_grid_sample", "DeformConv2d"]
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _check_and_geometry(input: Tensor, offset: Tensor, weight: Tensor, mask: Tensor | None,
+                        stride, padding, dilation):
+    """Validates shapes like torchvision does and returns the geometry of the op."""
+    if input.dim() != 4 or offset.dim() != 4 or weight.dim() != 4:
+        raise ValueError("deform_conv2d: input, offset and weight must be 4-D tensors")
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    dh, dw = _pair(dilation)
+    c_out, c_per_wgroup, kh, kw = weight.shape
+    c_in = input.shape[1]
+    k = kh * kw
+    if c_in % c_per_wgroup != 0:
+        raise ValueError(f"deform_conv2d: input channels {c_in} not divisible by weight's {c_per_wgroup}")
+    weight_groups = c_in // c_per_wgroup
+    if offset.shape[1] % (2 * k) != 0:
+        raise ValueError(f"deform_conv2d: offset channels {offset.shape[1]} not a multiple of 2*kh*kw={2 * k}")
+    offset_groups = offset.shape[1] // (2 * k)
+    if c_in % offset_groups != 0:
+        raise ValueError(f"deform_conv2d: input channels {c_in} not divisible by {offset_groups} offset groups")
+    h_out = (input.shape[2] + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    w_out = (input.shape[3] + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    if not torch.compiler.is_compiling() and not torch.jit.is_tracing():
+        if tuple(offset.shape[2:]) != (h_out, w_out):
+            raise ValueError(f"deform_conv2d: offset spatial size {tuple(offset.shape[2:])} != output size {(h_out, w_out)}")
+        if mask is not None and mask.shape[1] != offset_groups * k:
+            raise ValueError(f"deform_conv2d: mask has {mask.shape[1]} channels, expected {offset_groups * k}")
+    return (sh, sw), (ph, pw), (dh, dw), (kh, kw), weight_groups, offset_groups, (h_out, w_out)
+
+
+def _sample_positions(offset: Tensor, stride, padding, dilation, kernel, offset_groups, out_hw):
+    """Absolute sampling coordinates ``(py, px)``, each ``[B, G, K, Ho, Wo]``."""
+    (sh, sw), (ph, pw), (dh, dw), (kh, kw) = stride, padding, dilation, kernel
+    h_out, w_out = out_hw
+    dtype, device = offset.dtype, offset.device
+    b = offset.shape[0]
+    k = kh * kw
+    ky = (torch.arange(kh, dtype=dtype, device=device) * dh).repeat_interleave(kw)  # [K] row-major taps
+    kx = (torch.arange(kw, dtype=dtype, device=device) * dw).repeat(kh)
+    oy = torch.arange(h_out, dtype=dtype, device=device) * sh - ph
+    ox = torch.arange(w_out, dtype=dtype, device=device) * sw - pw
+    base_y = ky.view(k, 1, 1) + oy.view(1, h_out, 1)  # [K, Ho, 1]
+    base_x = kx.view(k, 1, 1) + ox.view(1, 1, w_out)  # [K, 1, Wo]
+    off = offset.reshape(b, offset_groups, k, 2, h_out, w_out)
+    return base_y + off[:, :, :, 0], base_x + off[:, :, :, 1]
+
+
+def _matmul_taps(columns: Tensor, weight: Tensor, bias: Tensor | None, weight_groups: int, out_hw) -> Tensor:
+    """``columns`` is ``[B, Ho*Wo, C_in*K]`` ordered (channel, tap); returns ``[B, C_out, Ho, Wo]``."""
+    b, n, ck = columns.shape
+    c_out = weight.shape[0]
+    w = weight.reshape(weight_groups, c_out // weight_groups, ck // weight_groups)
+    cols = columns.reshape(b, n, weight_groups, ck // weight_groups).transpose(1, 2)  # [B, wg, N, CK/wg]
+    out = torch.matmul(cols, w.transpose(1, 2))  # [B, wg, N, C_out/wg]
+    out = out.permute(0, 1, 3, 2).reshape(b, c_out, out_hw[0], out_hw[1])
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1)
+    return out
+
+
+def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None,
+                  stride=1, padding=0, dilation=1, mask: Tensor | None = None) -> Tensor:
+    """Deformable convolution v1/v2 (with ``mask``) via gathers and one matmul.
+
+    Arguments and result follow ``torchvision.ops.deform_conv2d``; see the module docstring.
+    """
+    stride, padding, dilation, kernel, wg, og, out_hw = _check_and_geometry(
+        input, offset, weight, mask, stride, padding, dilation)
+    b, c, h, w = input.shape
+    k = kernel[0] * kernel[1]
+    cg = c // og
+    py, px = _sample_positions(offset, stride, padding, dilation, kernel, og, out_hw)
+
+    # One row per (batch, offset group, pixel) holding that group's channels.
+    table = input.reshape(b, og, cg, h * w).transpose(2, 3).reshape(b * og * h * w, cg)
+    row_base = (torch.arange(b * og, device=input.device) * (h * w)).view(b, og, 1, 1, 1)
+
+    y0 = torch.floor(py)
+    x0 = torch.floor(px)
+    ly = py - y0
+    lx = px - x0
+    y0 = y0.long()
+    x0 = x0.long()
+    sampled = None
+    for dy, dx, wy, wx in ((0, 0, 1 - ly, 1 - lx), (0, 1, 1 - ly, lx), (1, 0, ly, 1 - lx), (1, 1, ly, lx)):
+        yy = y0 + dy
+        xx = x0 + dx
+        inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        weight_c = wy * wx * inside.to(input.dtype)  # zero for corners outside the image
+        idx = row_base + yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)  # [B, G, K, Ho, Wo]
+        rows = table[idx.reshape(-1)].reshape(b, og, k, out_hw[0], out_hw[1], cg)
+        term = rows * weight_c.unsqueeze(-1)
+        sampled = term if sampled is None else sampled + term
+    if mask is not None:
+        sampled = sampled * mask.reshape(b, og, k, out_hw[0], out_hw[1]).unsqueeze(-1)
+
+    # [B, G, K, Ho, Wo, Cg] -> [B, Ho*Wo, (G, Cg, K)] so columns line up with weight.reshape(C_out, C*K).
+    columns = sampled.permute(0, 3, 4, 1, 5, 2).reshape(b, out_hw[0] * out_hw[1], c * k)
+    return _matmul_taps(columns, weight, bias, wg, out_hw)
+
+
+def deform_conv2d_grid_sample(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None,
+                              stride=1, padding=0, dilation=1, mask: Tensor | None = None) -> Tensor:
+    """Same op as :func:`deform_conv2d`, sampling with one ``grid_sample`` call.
+
+    ``grid_sample(align_corners=False, padding_mode="zeros")`` maps pixel coordinate ``p`` to the
+    normalised ``(2p + 1) / size - 1`` and reads outside corners as zero, which is exactly DCN's
+    bilinear rule. Kept for the benchmark and as a cross-check; it exports to ONNX ``GridSample``.
+    """
+    stride, padding, dilation, kernel, wg, og, out_hw = _check_and_geometry(
+        input, offset, weight, mask, stride, padding, dilation)
+    b, c, h, w = input.shape
+    k = kernel[0] * kernel[1]
+    cg = c // og
+    py, px = _sample_positions(offset, stride, padding, dilation, kernel, og, out_hw)
+    grid = torch.stack(((2 * px + 1) / w - 1, (2 * py + 1) / h - 1), dim=-1)  # [B, G, K, Ho, Wo, 2]
+    grid = grid.reshape(b * og, k * out_hw[0], out_hw[1], 2)
+    sampled = F.grid_sample(input.reshape(b * og, cg, h, w), grid, mode="bilinear",
+                            padding_mode="zeros", align_corners=False)  # [B*G, Cg, K*Ho, Wo]
+    sampled = sampled.reshape(b, og, cg, k, out_hw[0], out_hw[1])
+    if mask is not None:
+        sampled = sampled * mask.reshape(b, og, 1, k, out_hw[0], out_hw[1])
+    columns = sampled.permute(0, 4, 5, 1, 2, 3).reshape(b, out_hw[0] * out_hw[1], c * k)
+    return _matmul_taps(columns, weight, bias, wg, out_hw)
+
+
+class DeformConv2d(nn.Module):
+    """DCNv2 layer: a plain conv predicts offsets and modulation, then :func:`deform_conv2d`.
+
+    The offset/modulation conv starts at zero, so a fresh layer samples the regular grid with
+    modulation sigmoid(0) = 0.5 everywhere (DCNv2's initialisation).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 padding: int = 1, dilation: int = 1, offset_groups: int = 1, bias: bool = True):
+        super().__init__()
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.offset_groups = offset_groups
+        k = kernel_size * kernel_size
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.offset_mask = nn.Conv2d(in_channels, 3 * offset_groups * k, kernel_size, stride, padding, dilation)
+        nn.init.zeros_(self.offset_mask.weight)
+        nn.init.zeros_(self.offset_mask.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        om = self.offset_mask(x)
+        n_off = 2 * self.offset_groups * self.weight.shape[2] * self.weight.shape[3]
+        offset, modulation = om[:, :n_off], torch.sigmoid(om[:, n_off:])
+        return deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, modulation)

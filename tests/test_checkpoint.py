@@ -1,0 +1,60 @@
+"""eris.checkpoint: a saved checkpoint rebuilds its own model with identical outputs."""
+
+import json
+
+import pytest
+import torch
+
+from eris import build_model, load_checkpoint, save_checkpoint
+from tests.conftest import tiny_config
+
+
+def _perturb_batchnorm(model):
+    """Non-default running stats, so a reload that skipped buffers would show."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+def test_save_and_reload_gives_identical_outputs(tiny_model, tokenizer, tmp_path):
+    _perturb_batchnorm(tiny_model)
+    tiny_model.eval()
+    save_checkpoint(tiny_model, tmp_path / "ckpt", tokenizer, meta={"step": 7})
+    model, tok, meta = load_checkpoint(tmp_path / "ckpt")
+    assert meta == {"step": 7}
+    assert model.config == tiny_model.config
+    ids, mask = tok(["the small red ring", "leftmost star"])
+    assert torch.equal(ids, tokenizer(["the small red ring", "leftmost star"])[0])
+    x = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(0)) * 255
+    with torch.no_grad():
+        assert torch.equal(model(x, ids, mask).logits, tiny_model(x, ids, mask).logits)
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["name"] == "tiny"
+    assert not list((tmp_path / "ckpt").glob(".*"))  # no temporary files left
+
+
+def test_fp16_checkpoint_reloads_as_float32_close(tiny_model, tokenizer, tmp_path):
+    tiny_model.eval()
+    save_checkpoint(tiny_model, tmp_path / "half", tokenizer, dtype=torch.float16)
+    model, _, _ = load_checkpoint(tmp_path / "half")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    ids, mask = tokenizer("cup")
+    x = torch.rand(1, 3, 64, 64) * 255
+    with torch.no_grad():
+        a, b = model(x, ids, mask).logits, tiny_model(x, ids, mask).logits
+    assert (a - b).abs().max() <= 1e-2 * (1 + b.abs().max())
+
+
+def test_missing_file_is_named(tiny_model, tokenizer, tmp_path):
+    save_checkpoint(tiny_model, tmp_path / "c", tokenizer)
+    (tmp_path / "c" / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        load_checkpoint(tmp_path / "c")
+
+
+def test_weights_of_another_config_are_refused(tiny_model, tokenizer, tmp_path):
+    save_checkpoint(tiny_model, tmp_path / "c", tokenizer)
+    tiny_config(dim=64).save(tmp_path / "c" / "config.json")
+    with pytest.raises((ValueError, RuntimeError), match="model.safetensors|size mismatch"):
+        load_checkpoint(tmp_path / "c")

@@ -1,0 +1,137 @@
+"""eris.model: shapes, padding mask, batching, gradients, linear memory."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from eris import build_model
+from tests.conftest import tiny_config
+
+PHRASES = ["cup", "the red mug on the left next to the tiny blue star", "segment the second circle from the top"]
+
+
+def image(b, h, w, seed=0):
+    return torch.rand(b, 3, h, w, generator=torch.Generator().manual_seed(seed)) * 255
+
+
+@pytest.mark.parametrize("h,w", [(640, 640), (640, 480), (320, 320)])
+def test_output_shapes(student, tokenizer, h, w):
+    ids, mask = tokenizer(PHRASES)
+    with torch.no_grad():
+        out = student(image(3, h, w), ids, mask)
+    c = student.config.dim
+    assert out.logits.shape == (3, 1, h // 4, w // 4)
+    assert len(out.aux_logits) == 3 and all(a.shape == (3, 1, h // 4, w // 4) for a in out.aux_logits)
+    assert out.features.shape == (3, c, h // 4, w // 4)
+    assert out.query.shape == (3, c)
+    assert torch.isfinite(out.logits).all()
+
+
+@pytest.mark.parametrize("phrase", PHRASES)
+def test_phrase_lengths_give_same_shapes(student, tokenizer, phrase):
+    ids, mask = tokenizer(phrase)
+    with torch.no_grad():
+        out = student(image(1, 320, 256), ids, mask)
+    assert ids.shape[1] == len(tokenizer._tok.encode(phrase).ids)
+    assert out.logits.shape == (1, 1, 80, 64)
+
+
+def test_right_padding_does_not_change_output(student, tokenizer):
+    ids, mask = tokenizer("the big green star")
+    pad = 9
+    ids_p = torch.cat([ids, torch.zeros(1, pad, dtype=ids.dtype)], 1)
+    mask_p = torch.cat([mask, torch.zeros(1, pad, dtype=mask.dtype)], 1)
+    x = image(1, 320, 320)
+    with torch.no_grad():
+        a, b = student(x, ids, mask), student(x, ids_p, mask_p)
+    assert (a.logits - b.logits).abs().max() <= 1e-4
+    assert (a.query - b.query).abs().max() <= 1e-4
+    # and the mask is what makes it so: attending to the pads changes the result
+    with torch.no_grad():
+        c = student(x, ids_p, torch.ones_like(mask_p))
+    assert (a.logits - c.logits).abs().max() > 1e-3
+
+
+def test_batch_of_three_equals_three_single_runs(student, tokenizer):
+    ids, mask = tokenizer(PHRASES)
+    x = image(3, 320, 256, seed=3)
+    with torch.no_grad():
+        batched = student(x, ids, mask).logits
+        for i, phrase in enumerate(PHRASES):
+            i_ids, i_mask = tokenizer(phrase)
+            single = student(x[i:i + 1], i_ids, i_mask).logits
+            assert (batched[i:i + 1] - single).abs().max() <= 1e-3
+
+
+def test_split_text_and_image_passes_equal_forward(tiny_model, tokenizer):
+    tiny_model.eval()
+    ids, mask = tokenizer(PHRASES[:2])
+    x = image(2, 128, 96)
+    with torch.no_grad():
+        whole = tiny_model(x, ids, mask).logits
+        text = tiny_model.encode_text(ids, mask)
+        split = tiny_model.segment(x, text).logits
+    assert torch.equal(whole, split)
+    assert text.fusion_keys[0].shape[:3] == (2, 2, ids.shape[1])
+
+
+def test_gradients_reach_every_trainable_parameter(tiny_model, tokenizer):
+    tiny_model.train()
+    ids, mask = tokenizer(PHRASES[:2])
+    out = tiny_model(image(2, 128, 128), ids, mask)
+    loss = out.logits.sigmoid().mean() + sum(a.sigmoid().mean() for a in out.aux_logits)
+    loss.backward()
+    dead = [n for n, p in tiny_model.named_parameters()
+            if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert dead == []
+
+
+def test_frozen_text_encoder_gets_no_gradient(tokenizer):
+    model = build_model(tiny_config(freeze_text=True)).train()
+    ids, mask = tokenizer(PHRASES[:1])
+    model(image(1, 64, 64), ids, mask).logits.mean().backward()
+    assert all(p.grad is None for p in model.text_encoder.parameters())
+    assert model.iams[0].gate.weight.grad is not None
+
+
+def test_rejects_sizes_not_multiple_of_32(tiny_model, tokenizer):
+    ids, mask = tokenizer("cup")
+    with pytest.raises(ValueError, match="multiple of 32"):
+        tiny_model(image(1, 100, 96), ids, mask)
+
+
+class _ShapeRecorder(TorchDispatchMode):
+    """Records the shape of every tensor any aten op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.shapes.append(tuple(t.shape))
+        return out
+
+
+def _record(model, tokenizer, h, w):
+    ids, mask = tokenizer(PHRASES[1])
+    rec = _ShapeRecorder()
+    with torch.no_grad(), rec:
+        model(image(1, h, w), ids, mask)
+    return rec.shapes
+
+
+def test_no_tensor_is_quadratic_in_pixels(tiny_model, tokenizer):
+    tiny_model.eval()
+    h, w = 256, 192
+    pixels = {(h // s) * (w // s) for s in (2, 4, 8, 16, 32)}
+    shapes = _record(tiny_model, tokenizer, h, w)
+    assert len(shapes) > 200  # the recorder sees the whole pass
+    quadratic = [s for s in shapes if sum(d in pixels for d in s) >= 2]
+    assert quadratic == []
+    # an N x N attention map would make the largest tensor grow 16x when pixels grow 4x
+    small = max(torch.Size(s).numel() for s in _record(tiny_model, tokenizer, h // 2, w // 2))
+    large = max(torch.Size(s).numel() for s in shapes)
+    assert large / small <= 4.5
