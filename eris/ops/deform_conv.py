@@ -11,12 +11,19 @@ Semantics are exactly those of ``torchvision.ops.deform_conv2d``:
 * ``weight`` is ``[C_out, C_in / weight_groups, kh, kw]``.
 
 Why not torchvision: its op is a custom kernel, so ONNX export needs ``DeformConv`` (opset 19,
-unsupported by onnxruntime's quantizer and by TFLite). Here the sampling is coordinate
-arithmetic plus row gathers from a ``[B*G*H*W, C/G]`` table (ONNX ``Gather`` on axis 0, whose
-index tensor is only ``K * Ho * Wo`` long), and the weighted sum over the ``C*K`` sampled
-channels is one batched matmul. A ``grid_sample`` formulation with the same semantics is kept
-for the benchmark (``python -m eris.ops.bench``); the gather one is the default because it
-is as fast on CPU and converts to TFLite and INT8 QDQ graphs, where ``GridSample`` does not.
+which onnxruntime's quantizer and TFLite do not handle). Here the sampling is standard ops, and
+the weighted sum over the ``C*K`` sampled channels is one matmul. Two samplers, same result:
+
+* ``grid_sample`` (:func:`deform_conv2d`): one ``grid_sample`` call over all taps
+  (ONNX ``GridSample``, opset 16+). Faster: one fused pass over the samples. The default.
+* ``gather`` (:func:`deform_conv2d_gather`): coordinate arithmetic plus four row gathers from a
+  ``[B*G*H*W, C/G]`` table (ONNX ``Gather`` on axis 0 with a ``K*Ho*Wo`` index). Only
+  Gather/MatMul/elementwise ops, for converters without a grid-sample kernel.
+
+Measured with ``python -m eris.ops.bench --threads 2 --onnx`` (README, "Deformable conv"): on
+a 2-core x86 CPU grid_sample was 1.3x faster in onnxruntime and 3x faster in PyTorch. Weights
+are the same for both, so a model trained with one exports with the other
+(``DeformConv2d.sampling``).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["deform_conv2d", "deform_conv2d_grid_sample", "DeformConv2d"]
+__all__ = ["deform_conv2d", "deform_conv2d_gather", "DeformConv2d", "SAMPLERS"]
 
 
 def _pair(v) -> tuple[int, int]:
@@ -63,8 +70,10 @@ def _check_and_geometry(input: Tensor, offset: Tensor, weight: Tensor, mask: Ten
     return (sh, sw), (ph, pw), (dh, dw), (kh, kw), weight_groups, offset_groups, (h_out, w_out)
 
 
-def _sample_positions(offset: Tensor, stride, padding, dilation, kernel, offset_groups, out_hw):
-    """Absolute sampling coordinates ``(py, px)``, each ``[B, G, K, Ho, Wo]``."""
+def _sample_positions(offset: Tensor, stride, padding, dilation, kernel, offset_groups, out_hw,
+                      taps_last: bool = False):
+    """Absolute sampling coordinates ``(py, px)``, each ``[B, G, K, Ho, Wo]``
+    (``[B, G, Ho, Wo, K]`` with ``taps_last``)."""
     (sh, sw), (ph, pw), (dh, dw), (kh, kw) = stride, padding, dilation, kernel
     h_out, w_out = out_hw
     dtype, device = offset.dtype, offset.device
@@ -74,37 +83,54 @@ def _sample_positions(offset: Tensor, stride, padding, dilation, kernel, offset_
     kx = (torch.arange(kw, dtype=dtype, device=device) * dw).repeat(kh)
     oy = torch.arange(h_out, dtype=dtype, device=device) * sh - ph
     ox = torch.arange(w_out, dtype=dtype, device=device) * sw - pw
+    off = offset.reshape(b, offset_groups, k, 2, h_out, w_out)
+    if taps_last:
+        off = off.permute(0, 1, 3, 4, 5, 2)  # [B, G, 2, Ho, Wo, K]
+        base_y = oy.view(h_out, 1, 1) + ky.view(1, 1, k)  # [Ho, 1, K]
+        base_x = ox.view(1, w_out, 1) + kx.view(1, 1, k)  # [1, Wo, K]
+        return base_y + off[:, :, 0], base_x + off[:, :, 1]
     base_y = ky.view(k, 1, 1) + oy.view(1, h_out, 1)  # [K, Ho, 1]
     base_x = kx.view(k, 1, 1) + ox.view(1, 1, w_out)  # [K, 1, Wo]
-    off = offset.reshape(b, offset_groups, k, 2, h_out, w_out)
     return base_y + off[:, :, :, 0], base_x + off[:, :, :, 1]
 
 
 def _matmul_taps(columns: Tensor, weight: Tensor, bias: Tensor | None, weight_groups: int, out_hw) -> Tensor:
-    """``columns`` is ``[B, Ho*Wo, C_in*K]`` ordered (channel, tap); returns ``[B, C_out, Ho, Wo]``."""
+    """``columns`` is ``[B, Ho*Wo, C_in*K]`` ordered like ``weight.reshape(C_out, C_in*K)``
+    (per weight group); returns ``[B, C_out, Ho, Wo]``."""
     b, n, ck = columns.shape
     c_out = weight.shape[0]
     w = weight.reshape(weight_groups, c_out // weight_groups, ck // weight_groups)
-    cols = columns.reshape(b, n, weight_groups, ck // weight_groups).transpose(1, 2)  # [B, wg, N, CK/wg]
-    out = torch.matmul(cols, w.transpose(1, 2))  # [B, wg, N, C_out/wg]
-    out = out.permute(0, 1, 3, 2).reshape(b, c_out, out_hw[0], out_hw[1])
+    if weight_groups == 1:
+        out = torch.matmul(columns, w[0].t())  # [B, N, C_out]
+        out = out.transpose(1, 2).reshape(b, c_out, out_hw[0], out_hw[1])
+    else:
+        cols = columns.reshape(b, n, weight_groups, ck // weight_groups).transpose(1, 2)  # [B, wg, N, CK/wg]
+        out = torch.matmul(cols, w.transpose(1, 2))  # [B, wg, N, C_out/wg]
+        out = out.permute(0, 1, 3, 2).reshape(b, c_out, out_hw[0], out_hw[1])
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
     return out
 
 
-def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None,
+def deform_conv2d_gather(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None,
                   stride=1, padding=0, dilation=1, mask: Tensor | None = None) -> Tensor:
-    """Deformable convolution v1/v2 (with ``mask``) via gathers and one matmul.
+    """:func:`deform_conv2d` with the sampling done by row gathers: Gather/MatMul/elementwise only.
 
-    Arguments and result follow ``torchvision.ops.deform_conv2d``; see the module docstring.
+    Samples are gathered pixel-major, tap-minor (``[B, Ho*Wo, K, C]``), so the columns feed the
+    matmul without a transpose of the large sampled tensor; the small weight is permuted instead.
+    The modulation is folded into the four bilinear corner weights, which are ``C`` times smaller
+    than the samples.
     """
     stride, padding, dilation, kernel, wg, og, out_hw = _check_and_geometry(
         input, offset, weight, mask, stride, padding, dilation)
     b, c, h, w = input.shape
+    c_out = weight.shape[0]
     k = kernel[0] * kernel[1]
     cg = c // og
-    py, px = _sample_positions(offset, stride, padding, dilation, kernel, og, out_hw)
+    n = out_hw[0] * out_hw[1]
+    py, px = _sample_positions(offset, stride, padding, dilation, kernel, og, out_hw, taps_last=True)
+    if mask is not None:
+        modulation = mask.reshape(b, og, k, out_hw[0], out_hw[1]).permute(0, 1, 3, 4, 2)  # [B, G, Ho, Wo, K]
 
     # One row per (batch, offset group, pixel) holding that group's channels.
     table = input.reshape(b, og, cg, h * w).transpose(2, 3).reshape(b * og * h * w, cg)
@@ -121,26 +147,31 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | 
         yy = y0 + dy
         xx = x0 + dx
         inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-        weight_c = wy * wx * inside.to(input.dtype)  # zero for corners outside the image
-        idx = row_base + yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)  # [B, G, K, Ho, Wo]
-        rows = table[idx.reshape(-1)].reshape(b, og, k, out_hw[0], out_hw[1], cg)
-        term = rows * weight_c.unsqueeze(-1)
+        corner_w = wy * wx * inside.to(input.dtype)  # zero for corners outside the image
+        if mask is not None:
+            corner_w = corner_w * modulation
+        idx = row_base + yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)  # [B, G, Ho, Wo, K]
+        rows = torch.index_select(table, 0, idx.reshape(-1)).reshape(b, og, n, k, cg)
+        term = rows * corner_w.reshape(b, og, n, k, 1)
         sampled = term if sampled is None else sampled + term
-    if mask is not None:
-        sampled = sampled * mask.reshape(b, og, k, out_hw[0], out_hw[1]).unsqueeze(-1)
 
-    # [B, G, K, Ho, Wo, Cg] -> [B, Ho*Wo, (G, Cg, K)] so columns line up with weight.reshape(C_out, C*K).
-    columns = sampled.permute(0, 3, 4, 1, 5, 2).reshape(b, out_hw[0] * out_hw[1], c * k)
-    return _matmul_taps(columns, weight, bias, wg, out_hw)
+    # [B, G, N, K, Cg] -> [B, N, K, C] (free for one offset group), channels last per tap.
+    columns = sampled.permute(0, 2, 3, 1, 4).reshape(b, n, k, c)
+    if wg > 1:
+        columns = columns.reshape(b, n, k, wg, c // wg).permute(0, 1, 3, 2, 4)  # [B, N, wg, K, C/wg]
+    w_taps = weight.reshape(c_out, c // wg, k).transpose(1, 2)  # [C_out, K, C/wg], matches the columns
+    return _matmul_taps(columns.reshape(b, n, c * k), w_taps, bias, wg, out_hw)
 
 
-def deform_conv2d_grid_sample(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None,
+def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None,
                               stride=1, padding=0, dilation=1, mask: Tensor | None = None) -> Tensor:
-    """Same op as :func:`deform_conv2d`, sampling with one ``grid_sample`` call.
+    """Deformable convolution v1/v2 (with ``mask``): one ``grid_sample`` call, then one matmul.
+
+    Arguments and result follow ``torchvision.ops.deform_conv2d``; see the module docstring.
 
     ``grid_sample(align_corners=False, padding_mode="zeros")`` maps pixel coordinate ``p`` to the
     normalised ``(2p + 1) / size - 1`` and reads outside corners as zero, which is exactly DCN's
-    bilinear rule. Kept for the benchmark and as a cross-check; it exports to ONNX ``GridSample``.
+    bilinear rule. Exports to ONNX ``GridSample``.
     """
     stride, padding, dilation, kernel, wg, og, out_hw = _check_and_geometry(
         input, offset, weight, mask, stride, padding, dilation)
@@ -159,16 +190,25 @@ def deform_conv2d_grid_sample(input: Tensor, offset: Tensor, weight: Tensor, bia
     return _matmul_taps(columns, weight, bias, wg, out_hw)
 
 
+SAMPLERS = {"grid_sample": deform_conv2d, "gather": deform_conv2d_gather}
+
+
 class DeformConv2d(nn.Module):
-    """DCNv2 layer: a plain conv predicts offsets and modulation, then :func:`deform_conv2d`.
+    """DCNv2 layer: a plain conv predicts offsets and modulation, then the deformable conv.
 
     The offset/modulation conv starts at zero, so a fresh layer samples the regular grid with
-    modulation sigmoid(0) = 0.5 everywhere (DCNv2's initialisation).
+    modulation sigmoid(0) = 0.5 everywhere (DCNv2's initialisation). ``sampling`` picks the
+    formulation (``"grid_sample"`` or ``"gather"``); it changes no weight and may be switched
+    on a trained layer before export.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 padding: int = 1, dilation: int = 1, offset_groups: int = 1, bias: bool = True):
+                 padding: int = 1, dilation: int = 1, offset_groups: int = 1, bias: bool = True,
+                 sampling: str = "grid_sample"):
         super().__init__()
+        if sampling not in SAMPLERS:
+            raise ValueError(f"unknown deformable sampling {sampling!r}; choose from {sorted(SAMPLERS)}")
+        self.sampling = sampling
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.offset_groups = offset_groups
         k = kernel_size * kernel_size
@@ -183,4 +223,5 @@ class DeformConv2d(nn.Module):
         om = self.offset_mask(x)
         n_off = 2 * self.offset_groups * self.weight.shape[2] * self.weight.shape[3]
         offset, modulation = om[:, :n_off], torch.sigmoid(om[:, n_off:])
-        return deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, modulation)
+        return SAMPLERS[self.sampling](x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                       modulation)
