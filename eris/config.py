@@ -78,6 +78,9 @@ CONFIGS: dict[str, ErisConfig] = {
 
 
 def get_config(name: str) -> ErisConfig:
+    """A named config, or one read from a ``.json`` file (for experiments and tests)."""
+    if name.endswith(".json"):
+        return ErisConfig.load(name)
     if name not in CONFIGS:
         raise ValueError(f"unknown config {name!r}; choose from {', '.join(sorted(CONFIGS))}")
     return CONFIGS[name]

@@ -1,0 +1,1 @@
+"""Datasets: ShapeRef (procedural, offline) and the RefCOCO family (refer layout)."""

@@ -1,0 +1,117 @@
+"""Torch datasets over ShapeRef and RefCOCO for training, and sample iterators for evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from eris.data.shapes import SPLIT_SIZES, get_sample
+from eris.data.transforms import random_scale_pad_flip
+from eris.text.tokenizer import PhraseTokenizer
+
+__all__ = ["EvalSample", "ShapeRefTrain", "RefCocoTrain", "eval_samples", "Collate", "StepBatchSampler"]
+
+
+@dataclass
+class EvalSample:
+    id: str
+    image: np.ndarray   # H x W x 3 uint8 RGB, original resolution
+    mask: np.ndarray    # H x W bool
+    phrase: str
+
+
+def _to_item(image: np.ndarray, mask: np.ndarray, phrase: str) -> dict:
+    return {"image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float(),
+            "mask": torch.from_numpy(mask).float(), "phrase": phrase}
+
+
+class ShapeRefTrain(Dataset):
+    """Unlimited training samples: index ``i`` is ShapeRef train sample ``i``, augmented with
+    its own seeded generator (so a resumed run sees exactly the samples it would have)."""
+
+    def __init__(self, size: int, seed: int = 0, scale_range=(0.6, 1.0), flip_p: float = 0.5,
+                 length: int = 10 ** 9):
+        self.size, self.seed, self.scale_range, self.flip_p, self.length = size, seed, scale_range, flip_p, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        s = get_sample("train", index, self.seed, long_side=self.size)
+        rng = np.random.default_rng([self.seed, 7919, index])
+        image, mask, phrase = random_scale_pad_flip(s.image, s.mask, s.phrase, self.size, rng,
+                                                    self.scale_range, self.flip_p)
+        return _to_item(image, mask, phrase)
+
+
+class RefCocoTrain(Dataset):
+    """RefCOCO-family training samples (one per sentence), augmented like ShapeRef but with
+    scale up to 1.25 and target-keeping crops (photos have no "whole scene" to preserve)."""
+
+    def __init__(self, refer, size: int, seed: int = 0, scale_range=(0.75, 1.25), flip_p: float = 0.5):
+        self.refer, self.size, self.seed, self.scale_range, self.flip_p = refer, size, seed, scale_range, flip_p
+
+    def __len__(self) -> int:
+        return 10 ** 9
+
+    def __getitem__(self, index: int) -> dict:
+        s = self.refer.sample(index % len(self.refer))
+        rng = np.random.default_rng([self.seed, 7919, index])
+        image, mask, phrase = random_scale_pad_flip(s.image, s.mask, s.phrase, self.size, rng,
+                                                    self.scale_range, self.flip_p, crop=True)
+        return _to_item(image, mask, phrase)
+
+
+def eval_samples(data: str, split: str, n: int | None = None, data_root=None, dataset: str = "refcoco",
+                 split_by: str = "unc", seed: int = 0) -> Iterator[EvalSample]:
+    """Evaluation samples at their original resolution (ShapeRef: long side 640)."""
+    if data == "shapes":
+        total = SPLIT_SIZES.get(split)
+        if total is None:
+            raise ValueError(f"ShapeRef has no fixed {split!r} split; use val or test")
+        for i in range(min(n or total, total)):
+            s = get_sample(split, i, seed, long_side=640)
+            yield EvalSample(s.id, s.image, s.mask, s.phrase)
+    elif data == "refcoco":
+        from eris.data.refcoco import RefCoco
+
+        refer = RefCoco(data_root, dataset, split_by, split)
+        for i in range(min(n or len(refer), len(refer))):
+            s = refer.sample(i)
+            yield EvalSample(s.id, s.image, s.mask, s.phrase)
+    else:
+        raise ValueError(f"unknown data {data!r}; choose shapes or refcoco")
+
+
+class Collate:
+    """Stacks images and masks and tokenizes the phrases (right-padded)."""
+
+    def __init__(self, tokenizer: PhraseTokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, items: list[dict]) -> dict:
+        ids, mask = self.tokenizer([it["phrase"] for it in items])
+        return {"image": torch.stack([it["image"] for it in items]), "mask": torch.stack([it["mask"] for it in items]),
+                "input_ids": ids, "attention_mask": mask, "phrases": [it["phrase"] for it in items]}
+
+
+class StepBatchSampler:
+    """Batches by global step: step ``k`` of rank ``r`` reads indices ``(k * world + r) * B + j``.
+
+    Deterministic and resumable: starting at ``start_step`` continues the same sample stream.
+    """
+
+    def __init__(self, batch_size: int, start_step: int, total_steps: int, world: int = 1, rank: int = 0):
+        self.b, self.start, self.total, self.world, self.rank = batch_size, start_step, total_steps, world, rank
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+    def __iter__(self):
+        for k in range(self.start, self.total):
+            base = (k * self.world + self.rank) * self.b
+            yield list(range(base, base + self.b))
