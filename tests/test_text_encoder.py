@@ -59,3 +59,28 @@ def test_missing_weights_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_bert_weights(BertEncoder(BertConfig(hidden_size=8, num_attention_heads=2, intermediate_size=8,
                                                  num_hidden_layers=1)), tmp_path)
+
+
+def test_model_builds_from_another_bert_directory(tmp_path):
+    """Any BERT-family directory (config.json + model.safetensors + tokenizer.json) can be the text encoder."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from eris import build_model, build_tokenizer
+    from eris.builder import config_from_pretrained_text
+    from eris.config import get_config
+
+    small = BertConfig(hidden_size=48, num_hidden_layers=1, num_attention_heads=4, intermediate_size=96)
+    torch.manual_seed(5)
+    source = BertEncoder(small)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_act": "gelu",
+                                                      **small.__dict__}))
+    save_file({f"bert.{k}": v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    shutil.copy(default_text_model_dir() / "tokenizer.json", tmp_path / "tokenizer.json")
+
+    config = config_from_pretrained_text(get_config("stdc1-minilm"), tmp_path)
+    model = build_model(config)
+    assert model.text_encoder.config == small
+    assert torch.equal(model.text_encoder.embeddings.word_embeddings.weight, source.embeddings.word_embeddings.weight)
+    assert build_tokenizer(config).path == tmp_path / "tokenizer.json"
