@@ -1,1 +1,4 @@
-"""Checkpoint -> ONNX (and TFLite) graphs with parity checks against PyTorch. (Issue 4; not built yet.)"""
+"""Checkpoint -> bundle: ONNX text and image graphs with parity checks against PyTorch.
+
+``python -m convert --checkpoint DIR --out BUNDLE``; ``python -m convert.verify BUNDLE``.
+"""

@@ -1,0 +1,118 @@
+"""convert/: export, the standard-ops guard, parity with PyTorch, manifest and verify."""
+
+import json
+
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from convert.__main__ import main as convert_main
+from convert.bundle import BundleError, load_manifest, verify_bundle
+from convert.onnx_export import ExportError, check_standard_ops
+from convert.parity import DEFAULT_CASES, check_parity, phrase_of_tokens
+from convert.verify import main as verify_main
+from eris import load_checkpoint, save_checkpoint
+from tests.test_checkpoint import _perturb_batchnorm
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, tokenizer):
+    """A tiny random-weight model with non-trivial BatchNorm statistics, exported once."""
+    from eris import build_model
+    from tests.conftest import tiny_config
+
+    root = tmp_path_factory.mktemp("convert")
+    torch.manual_seed(0)
+    model = build_model(tiny_config())
+    _perturb_batchnorm(model)
+    with torch.no_grad():  # larger logits, so a 1e-3 tolerance means something
+        for q in model.tvr.values:
+            q.weight.mul_(8)
+    save_checkpoint(model.eval(), root / "ckpt", tokenizer, meta={"step": 3, "metrics": {"mIoU": 12.5}})
+    assert convert_main(["--checkpoint", str(root / "ckpt"), "--out", str(root / "bundle"), "--parity", "quick",
+                         "--threads", "1"]) == 0
+    return root
+
+
+def test_bundle_files_and_manifest(bundle):
+    m = load_manifest(bundle / "bundle")
+    assert set(m["files"]) == {"text.onnx", "image_fp32.onnx", "tokenizer.json"}
+    assert m["preprocessing"]["layout"] == "NHWC" and m["preprocessing"]["dtype"] == "uint8"
+    assert m["tokenizer"]["max_tokens"] == 32 and len(m["tokenizer"]["sha256"]) == 64
+    assert m["model"]["config"]["name"] == "tiny" and m["metrics"]["torch_fp32"] == {"mIoU": 12.5}
+    assert m["graphs"]["image"]["fp32"]["inputs"][:2] == ["image", "attention_mask"]
+    assert m["parity"]["max_abs_diff"] <= 1e-3 and len(m["parity"]["cases"]) == 3
+
+
+def test_parity_on_every_size_length_and_batch(bundle, tokenizer):
+    model, _, _ = load_checkpoint(bundle / "ckpt")
+    b = bundle / "bundle"
+    results = check_parity(model, tokenizer, b / "text.onnx", b / "image_fp32.onnx", DEFAULT_CASES, threads=1)
+    assert len(results) == 18
+    assert {(r.height, r.width) for r in results} == {(640, 640), (480, 640), (320, 320)}
+    assert {r.tokens for r in results} == {3, 10, 30} and {r.batch for r in results} == {1, 3}
+    assert max(r.max_abs_diff for r in results) <= 1e-3
+    assert min(r.max_abs_logit for r in results) > 0.5  # the comparison is not between near-zero maps
+
+
+def test_phrase_of_exact_token_count(tokenizer):
+    for n in (3, 10, 30):
+        assert tokenizer(phrase_of_tokens(tokenizer, n))[0].shape[1] == n
+
+
+def _graph_with(op_type, domain, tmp_path):
+    node = helper.make_node(op_type, ["x"], ["y"], domain=domain)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    opsets = [helper.make_opsetid("", 19)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    path = tmp_path / f"{op_type}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=opsets), str(path))
+    return path
+
+
+def test_guard_refuses_custom_and_deformconv_ops(tmp_path):
+    with pytest.raises(ExportError, match="com.example::MyDeform"):
+        check_standard_ops(_graph_with("MyDeform", "com.example", tmp_path))
+    deform = helper.make_node("DeformConv", ["x", "w", "o"], ["y"])
+    graph = helper.make_graph([deform], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                                              for n in ("x", "w", "o")],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = tmp_path / "deform.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), str(path))
+    with pytest.raises(ExportError, match="DeformConv"):
+        check_standard_ops(path)
+    assert check_standard_ops(_graph_with("Relu", "", tmp_path)) == {"Relu"}
+
+
+def test_exported_graphs_hold_only_standard_ops(bundle):
+    ops = check_standard_ops(bundle / "bundle" / "image_fp32.onnx")
+    assert "GridSample" in ops and "Conv" in ops and "DeformConv" not in ops
+
+
+def _copy(bundle, tmp_path):
+    import shutil
+
+    return shutil.copytree(bundle / "bundle", tmp_path / "b")
+
+
+def test_verify_passes_and_catches_a_flipped_byte(bundle, tmp_path, capsys):
+    b = _copy(bundle, tmp_path)
+    assert verify_bundle(b) == {"fp32": [1, 1, 16, 24]}
+    data = bytearray((b / "image_fp32.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (b / "image_fp32.onnx").write_bytes(bytes(data))
+    assert verify_main([str(b)]) == 1
+    assert "image_fp32.onnx: checksum mismatch" in capsys.readouterr().err
+
+
+def test_verify_catches_missing_file_and_other_format(bundle, tmp_path):
+    b = _copy(bundle, tmp_path)
+    (b / "tokenizer.json").unlink()
+    with pytest.raises(BundleError, match="tokenizer.json.*missing"):
+        verify_bundle(b)
+    m = json.loads((b / "manifest.json").read_text())
+    m["format_version"] = 99
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="format version 99"):
+        verify_bundle(b)
