@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from convert.bundle import FORMAT_VERSION, sha256, write_manifest
+from pi_runtime.bundle import FORMAT_VERSION, sha256, write_manifest
 from convert.graphs import IMAGE_INPUTS, IMAGE_OUTPUTS, TEXT_INPUTS, TEXT_OUTPUTS
 from convert.onnx_export import OPSET, ExportError, export_image_graph, export_text_graph
 from convert.parity import DEFAULT_CASES, check_parity

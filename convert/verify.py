@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from convert.bundle import BundleError, verify_bundle
+from pi_runtime.bundle import BundleError, verify_bundle
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ def predict_logits(model: ERIS, tokenizer: PhraseTokenizer, image: np.ndarray, p
                    device: str | torch.device = "cpu") -> torch.Tensor:
     """Mask logits ``[H, W]`` at the image's own resolution."""
     padded, box = letterbox(image, size, model.config.size_divisor)
-    x = torch.from_numpy(padded).permute(2, 0, 1)[None].float().to(device)
+    x = torch.tensor(padded).permute(2, 0, 1)[None].float().to(device)
     ids, mask = tokenizer(phrase)
     logits = model(x, ids.to(device), mask.to(device)).logits
     logits = F.interpolate(logits, size=box.padded_hw, mode="bilinear", align_corners=False)

@@ -32,3 +32,23 @@ def student():
 @pytest.fixture(scope="session")
 def tokenizer():
     return build_tokenizer(get_config("stdc1-minilm"))
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory, tokenizer):
+    """A tiny random-weight model with non-trivial BatchNorm statistics, exported once."""
+    from convert.__main__ import main as convert_main
+    from eris import save_checkpoint
+    from tests.test_checkpoint import _perturb_batchnorm
+
+    root = tmp_path_factory.mktemp("convert")
+    torch.manual_seed(0)
+    model = build_model(tiny_config())
+    _perturb_batchnorm(model)
+    with torch.no_grad():  # larger logits, so a 1e-3 tolerance means something
+        for q in model.tvr.values:
+            q.weight.mul_(8)
+    save_checkpoint(model.eval(), root / "ckpt", tokenizer, meta={"step": 3, "metrics": {"mIoU": 12.5}})
+    assert convert_main(["--checkpoint", str(root / "ckpt"), "--out", str(root / "bundle"), "--parity", "quick",
+                         "--threads", "1"]) == 0
+    return root

@@ -7,32 +7,11 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from convert.__main__ import main as convert_main
-from convert.bundle import BundleError, load_manifest, verify_bundle
+from pi_runtime.bundle import BundleError, load_manifest, verify_bundle
 from convert.onnx_export import ExportError, check_standard_ops
 from convert.parity import DEFAULT_CASES, check_parity, phrase_of_tokens
 from convert.verify import main as verify_main
-from eris import load_checkpoint, save_checkpoint
-from tests.test_checkpoint import _perturb_batchnorm
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory, tokenizer):
-    """A tiny random-weight model with non-trivial BatchNorm statistics, exported once."""
-    from eris import build_model
-    from tests.conftest import tiny_config
-
-    root = tmp_path_factory.mktemp("convert")
-    torch.manual_seed(0)
-    model = build_model(tiny_config())
-    _perturb_batchnorm(model)
-    with torch.no_grad():  # larger logits, so a 1e-3 tolerance means something
-        for q in model.tvr.values:
-            q.weight.mul_(8)
-    save_checkpoint(model.eval(), root / "ckpt", tokenizer, meta={"step": 3, "metrics": {"mIoU": 12.5}})
-    assert convert_main(["--checkpoint", str(root / "ckpt"), "--out", str(root / "bundle"), "--parity", "quick",
-                         "--threads", "1"]) == 0
-    return root
+from eris import load_checkpoint
 
 
 def test_bundle_files_and_manifest(bundle):

@@ -1,4 +1,7 @@
-"""Image/mask/phrase transforms shared by training and evaluation (numpy + PIL, no torch)."""
+"""Image/mask/phrase transforms for training and evaluation (numpy + PIL, no torch).
+
+``letterbox`` is the device runtime's own, so evaluation preprocesses exactly as the Pi does.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +9,9 @@ import numpy as np
 from PIL import Image
 
 from eris.data.expressions import flip_phrase
+from pi_runtime.preprocess import Letterbox, letterbox  # one letterbox for training and the Pi
 
 __all__ = ["letterbox", "random_scale_pad_flip", "Letterbox"]
-
-
-class Letterbox:
-    """How an image was resized and padded: enough to map a prediction back to it."""
-
-    def __init__(self, orig_hw: tuple[int, int], resized_hw: tuple[int, int], padded_hw: tuple[int, int]):
-        self.orig_hw, self.resized_hw, self.padded_hw = orig_hw, resized_hw, padded_hw
-
-
-def letterbox(image: np.ndarray, long_side: int, divisor: int = 32) -> tuple[np.ndarray, Letterbox]:
-    """Resizes so the long side is ``long_side`` and pads bottom/right with zeros to a multiple of
-    ``divisor``. A 4:3 image becomes 640x480, not a padded square."""
-    h, w = image.shape[:2]
-    scale = long_side / max(h, w)
-    rh, rw = max(1, round(h * scale)), max(1, round(w * scale))
-    resized = np.asarray(Image.fromarray(image).resize((rw, rh), Image.BILINEAR)) if (rh, rw) != (h, w) else image
-    ph, pw = -(-rh // divisor) * divisor, -(-rw // divisor) * divisor
-    out = np.zeros((ph, pw, 3), np.uint8)
-    out[:rh, :rw] = resized
-    return out, Letterbox((h, w), (rh, rw), (ph, pw))
 
 
 def random_scale_pad_flip(image: np.ndarray, mask: np.ndarray, phrase: str, size: int, rng: np.random.Generator,

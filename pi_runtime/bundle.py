@@ -1,7 +1,8 @@
 """The bundle: a directory the Pi runtime loads, described by ``manifest.json``.
 
-This module reads and checks bundles with numpy, tokenizers and onnxruntime only (no torch),
-so ``python -m convert.verify`` runs wherever the runtime does.
+Reading and checking bundles lives here, on the device side (numpy, tokenizers, onnxruntime;
+no torch); ``convert`` writes bundles with :func:`write_manifest` and ``python -m convert.verify``
+calls :func:`verify_bundle`, so both sides agree on one format.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "BundleError", "sha256", "write_manifest", "load_manifest", "verify_bundle"]
+__all__ = ["FORMAT_VERSION", "BundleError", "sha256", "write_manifest", "load_manifest", "check_files", "verify_bundle"]
 
 FORMAT_VERSION = 1
 
@@ -45,6 +46,8 @@ def write_manifest(bundle: Path, manifest: dict) -> Path:
 
 
 def load_manifest(bundle: str | Path) -> dict:
+    """The parsed manifest; :class:`BundleError` naming the file if it is missing, not JSON or of
+    another format version."""
     path = Path(bundle) / "manifest.json"
     if not path.is_file():
         raise BundleError(f"{path}: missing; not a bundle directory")
@@ -58,7 +61,8 @@ def load_manifest(bundle: str | Path) -> dict:
     return manifest
 
 
-def _check_files(bundle: Path, manifest: dict) -> None:
+def check_files(bundle: Path, manifest: dict) -> None:
+    """Every file the manifest lists exists and has its recorded sha256."""
     for name, info in manifest["files"].items():
         path = bundle / name
         if not path.is_file():
@@ -89,7 +93,7 @@ def verify_bundle(bundle: str | Path) -> dict:
 
     bundle = Path(bundle)
     manifest = load_manifest(bundle)
-    _check_files(bundle, manifest)
+    check_files(bundle, manifest)
     tok = Tokenizer.from_file(str(bundle / manifest["tokenizer"]["file"]))
     enc = tok.encode("the red circle on the left")
     ids = np.array([enc.ids], np.int64)

@@ -1,0 +1,173 @@
+"""The predictor: a bundle in, numpy masks out (numpy, pillow, tokenizers, onnxruntime).
+
+    seg = Segmenter.from_bundle("path/to/bundle")
+    result = seg.segment("photo.jpg", "the red mug on the left")
+    result.mask, result.score, result.bbox
+
+The phrase's tensors are computed once by the text graph and cached (a camera stream keeps its
+phrase for thousands of frames); each image runs the image graph only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pi_runtime.bundle import BundleError, check_files, load_manifest
+from pi_runtime.preprocess import letterbox, load_image, to_rgb_array
+
+__all__ = ["Segmenter", "Result", "cpu_has_int8_dot", "PhraseError"]
+
+TEXT_CACHE_SIZE = 32
+
+
+class PhraseError(ValueError):
+    """A phrase that cannot be segmented (empty or whitespace)."""
+
+
+@dataclass
+class Result:
+    phrase: str
+    probability: np.ndarray            # H x W float32 in [0, 1], the image's own size
+    mask: np.ndarray                   # H x W bool: probability >= threshold
+    score: float                       # peak probability: how sure the model is the phrase matches something
+    found: bool                        # score >= threshold
+    bbox: tuple[int, int, int, int] | None   # x0, y0, x1, y1 (exclusive), None if nothing found
+    centroid: tuple[float, float] | None     # x, y in pixels
+    area: float                        # mask pixels / image pixels
+    timings: dict = field(default_factory=dict)  # milliseconds: text, image, post
+
+    def to_json(self) -> dict:
+        return {"phrase": self.phrase, "found": self.found, "score": round(self.score, 4),
+                "bbox": list(self.bbox) if self.bbox else None,
+                "centroid": [round(c, 1) for c in self.centroid] if self.centroid else None,
+                "area": round(self.area, 6), **{f"{k}_ms": round(v, 2) for k, v in self.timings.items()}}
+
+
+def cpu_has_int8_dot() -> bool:
+    """ARM ``asimddp`` or x86 VNNI: the instructions that make INT8 matmuls pay off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().lower()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("asimddp", "avx512_vnni", "avx_vnni", "avxvnni"))
+
+
+def default_bundle_dir() -> Path:
+    return Path(__file__).resolve().parent / "bundles" / "default"
+
+
+class Segmenter:
+    def __init__(self, bundle: str | Path, precision: str = "auto", threads: int | None = None):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.bundle = Path(bundle)
+        self.manifest = load_manifest(self.bundle)
+        check_files(self.bundle, self.manifest)
+        images = self.manifest["graphs"]["image"]
+        if precision == "auto":
+            precision = "int8" if "int8" in images and cpu_has_int8_dot() else "fp32"
+        if precision not in images:
+            raise BundleError(f"{self.bundle}: no {precision} image graph (has {', '.join(sorted(images))})")
+        self.precision = precision
+        self.threads = threads or max(1, (os.cpu_count() or 2))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        # Spinning threads would starve the camera grabber and the HTTP server of CPU.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = ["CPUExecutionProvider"]
+        self._text = ort.InferenceSession(str(self.bundle / self.manifest["graphs"]["text"]["file"]), options,
+                                          providers=providers)
+        self._image = ort.InferenceSession(str(self.bundle / images[precision]["file"]), options, providers=providers)
+        self._text_outputs = self.manifest["graphs"]["text"]["outputs"]
+        tok = self.manifest["tokenizer"]
+        self.max_tokens = int(tok["max_tokens"])
+        self._tokenizer = Tokenizer.from_file(str(self.bundle / tok["file"]))
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+        pre = self.manifest["preprocessing"]
+        self.long_side, self.divisor = int(pre["long_side"]), int(pre["size_divisor"])
+        self.stride = int(self.manifest["output"]["stride"])
+        self.threshold = float(self.manifest["output"]["threshold"])
+        self._cache: OrderedDict[str, dict] = OrderedDict()
+
+    @classmethod
+    def from_bundle(cls, path: str | Path | None = None, precision: str = "auto", threads: int | None = None):
+        """``path=None`` loads the bundle shipped inside the package."""
+        path = Path(path) if path is not None else default_bundle_dir()
+        return cls(path, precision, threads)
+
+    def tokenize(self, phrase: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(input_ids, attention_mask)`` int64 ``[1, L]``; long phrases are cut with a warning."""
+        if not isinstance(phrase, str) or not phrase.strip():
+            raise PhraseError("phrase is empty or whitespace only")
+        ids = self._tokenizer.encode(phrase.strip()).ids
+        if len(ids) > self.max_tokens:
+            warnings.warn(f"phrase has {len(ids)} tokens; keeping the first {self.max_tokens}", stacklevel=3)
+            ids = ids[:self.max_tokens - 1] + ids[-1:]  # keep [SEP]
+        ids = np.array([ids], np.int64)
+        return ids, np.ones_like(ids)
+
+    def encode(self, phrase: str) -> dict:
+        """The phrase's tensors (image-graph inputs), from the cache when seen recently."""
+        key = phrase.strip()
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        ids, mask = self.tokenize(phrase)
+        outputs = self._text.run(self._text_outputs, {"input_ids": ids, "attention_mask": mask})
+        feeds = {"attention_mask": mask, **dict(zip(self._text_outputs, outputs))}
+        self._cache[key] = feeds
+        if len(self._cache) > TEXT_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return feeds
+
+    def logits(self, image: np.ndarray, phrase: str) -> tuple[np.ndarray, dict]:
+        """Mask logits at the image's own resolution and timings (ms)."""
+        t0 = time.perf_counter()
+        text = self.encode(phrase)
+        t1 = time.perf_counter()
+        padded, box = letterbox(image, self.long_side, self.divisor)
+        logits = self._image.run(None, {"image": padded[None], **text})[0][0, 0]
+        t2 = time.perf_counter()
+        # The resized image covers logits [0, rw/stride) x [0, rh/stride): map that box straight
+        # to the original size (pixel-centre bilinear, as the training side's interpolate).
+        rh, rw = box.resized_hw
+        grid = Image.fromarray(np.ascontiguousarray(logits, np.float32), mode="F")
+        out = grid.resize((box.orig_hw[1], box.orig_hw[0]), Image.BILINEAR,
+                          box=(0, 0, rw / self.stride, rh / self.stride))
+        t3 = time.perf_counter()
+        return np.asarray(out, np.float32), {"text": (t1 - t0) * 1e3, "image": (t2 - t1) * 1e3,
+                                             "post": (t3 - t2) * 1e3}
+
+    def _result(self, image: np.ndarray, phrase: str) -> Result:
+        logits, timings = self.logits(image, phrase)
+        t0 = time.perf_counter()
+        prob = 1.0 / (1.0 + np.exp(-logits))
+        mask = prob >= self.threshold
+        score = float(prob.max()) if prob.size else 0.0
+        found = score >= self.threshold
+        bbox = centroid = None
+        if mask.any():
+            ys, xs = np.nonzero(mask)
+            bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+            centroid = (float(xs.mean()), float(ys.mean()))
+        timings["post"] += (time.perf_counter() - t0) * 1e3
+        return Result(phrase, prob, mask, score, found, bbox, centroid, float(mask.mean()), timings)
+
+    def segment(self, image, phrase):
+        """``image``: a path, a PIL image or an ``H x W x 3`` uint8 RGB array. ``phrase``: a string
+        (returns one :class:`Result`) or a list of strings (returns a list)."""
+        array = load_image(image) if isinstance(image, (str, Path)) else to_rgb_array(image)
+        if isinstance(phrase, (list, tuple)):
+            return [self._result(array, p) for p in phrase]
+        return self._result(array, phrase)

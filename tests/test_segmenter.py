@@ -1,0 +1,78 @@
+"""pi_runtime.segmenter on a tiny exported bundle: same logits as the training side, results."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eris.data.shapes import get_sample
+from eris.evaluate import predict_logits
+from pi_runtime.bundle import BundleError
+from pi_runtime.segmenter import PhraseError, Segmenter
+
+
+@pytest.fixture(scope="module")
+def seg(bundle):
+    return Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1)
+
+
+def test_matches_the_training_side_at_the_original_resolution(seg, bundle, tokenizer):
+    from eris import load_checkpoint
+
+    model, tok, _ = load_checkpoint(bundle / "ckpt")
+    for i in (0, 1, 3):  # 1:1, 16:9 and 4:3 scenes
+        s = get_sample("val", i, long_side=200)
+        got, timings = seg.logits(s.image, s.phrase)
+        want = predict_logits(model, tok, s.image, s.phrase, 640).numpy()
+        assert got.shape == s.image.shape[:2]
+        assert np.abs(got - want).max() <= 2e-3 * (1 + np.abs(want).max())
+        assert set(timings) == {"text", "image", "post"}
+
+
+def test_paths_pil_and_arrays_give_the_same_result(seg, tmp_path):
+    s = get_sample("val", 2, long_side=160)
+    Image.fromarray(s.image).save(tmp_path / "x.png")
+    a = seg.segment(tmp_path / "x.png", s.phrase)
+    b = seg.segment(Image.fromarray(s.image), s.phrase)
+    c = seg.segment(s.image, s.phrase)
+    assert np.array_equal(a.probability, c.probability) and np.array_equal(b.probability, c.probability)
+    assert c.mask.shape == s.image.shape[:2] and c.mask.dtype == bool
+    assert c.found == (c.score >= 0.5) and c.found == bool(c.mask.any())
+    many = seg.segment(s.image, [s.phrase, "the blue star"])
+    assert [r.phrase for r in many] == [s.phrase, "the blue star"]
+    assert np.array_equal(many[0].probability, c.probability)
+
+
+def test_result_geometry_from_a_known_mask(seg, monkeypatch):
+    logits = np.full((40, 60), -5.0, np.float32)
+    logits[10:20, 30:50] = 5.0
+    monkeypatch.setattr(seg, "logits", lambda image, phrase: (logits, {"text": 0.0, "image": 0.0, "post": 0.0}))
+    r = seg.segment(np.zeros((40, 60, 3), np.uint8), "x")
+    assert r.bbox == (30, 10, 50, 20) and r.centroid == (39.5, 14.5)
+    assert r.area == pytest.approx(200 / 2400) and r.found and r.score > 0.99
+    assert r.to_json()["bbox"] == [30, 10, 50, 20]
+
+
+def test_text_tensors_are_cached(seg, monkeypatch):
+    calls = []
+    run = seg._text.run
+    monkeypatch.setattr(seg, "_text", type("S", (), {"run": lambda self, *a: calls.append(1) or run(*a)})())
+    seg._cache.clear()
+    image = np.zeros((64, 64, 3), np.uint8)
+    for _ in range(3):
+        seg.segment(image, "the red ring")
+    assert len(calls) == 1
+
+
+def test_bad_phrases_and_long_phrases(seg):
+    with pytest.raises(PhraseError):
+        seg.segment(np.zeros((32, 32, 3), np.uint8), "   ")
+    with pytest.warns(UserWarning, match="tokens"):
+        ids, _ = seg.tokenize("word " * 100)
+    assert ids.shape == (1, 32) and ids[0, -1] == 102
+    assert seg.segment(np.zeros((32, 32, 3), np.uint8), "la tasse rouge à gauche — 赤いカップ").mask.shape == (32, 32)
+
+
+def test_missing_precision_is_named(bundle):
+    with pytest.raises(BundleError, match="int8"):
+        Segmenter.from_bundle(bundle / "bundle", precision="int8")
