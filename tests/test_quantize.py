@@ -1,0 +1,77 @@
+"""quantize/: the calibration reader's feeds, INT8 of a tiny model, what the manifest records."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from pi_runtime.bundle import load_manifest, verify_bundle
+from pi_runtime.segmenter import Segmenter
+from quantize.__main__ import main as quantize_main
+from quantize.calib import CalibrationReader, build_shapes_calibration, read_pairs
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory):
+    out = tmp_path_factory.mktemp("calib")
+    build_shapes_calibration(out, 6, long_side=160)
+    return out
+
+
+def test_shipped_calibration_set_is_what_the_command_rebuilds(tmp_path):
+    from pathlib import Path
+
+    shipped = read_pairs(Path(__file__).resolve().parents[1] / "calib_data")
+    assert len(shipped) >= 200
+    build_shapes_calibration(tmp_path, 3)
+    rebuilt = read_pairs(tmp_path)
+    assert [p for _, p in rebuilt] == [p for _, p in shipped[:3]]
+    assert all(path.is_file() for path, _ in shipped)
+
+
+def test_reader_yields_fixed_shape_feeds_with_the_phrase_tensors(bundle, calib):
+    seg = Segmenter(bundle / "bundle", "fp32", threads=1)
+    pairs = read_pairs(calib)
+    reader = CalibrationReader(pairs, seg._text, seg._text_outputs, seg.tokenize, 640, 32, seg.max_tokens)
+    feeds = []
+    while (f := reader.get_next()) is not None:
+        feeds.append(f)
+    assert len(feeds) == 6
+    names = set(seg.manifest["graphs"]["image"]["fp32"]["inputs"])
+    for f, (_, phrase) in zip(feeds, pairs):
+        assert set(f) == names
+        assert f["image"].shape == (1, 640, 640, 3) and f["image"].dtype == np.uint8
+        assert f["attention_mask"].shape == (1, 32)
+        n = int(f["attention_mask"].sum())
+        ids, _ = seg.tokenize(phrase)
+        assert n == ids.shape[1]  # real tokens first, padding after
+        # padded phrase tensors equal the unpadded ones on the real tokens
+        unpadded = seg.encode(phrase)
+        assert np.allclose(f["query0"], unpadded["query0"], atol=1e-5)
+    reader.rewind()
+    assert np.array_equal(reader.get_next()["image"], feeds[0]["image"])
+
+
+def test_bad_manifest_line_is_named(tmp_path):
+    (tmp_path / "manifest.jsonl").write_text('{"image": "a.jpg", "phrase": "x"}\n{"image": "b.jpg"}\n')
+    with pytest.raises(ValueError, match="manifest.jsonl:2"):
+        read_pairs(tmp_path)
+
+
+def test_quantize_tiny_model_records_its_choices(bundle, calib, tmp_path):
+    b = shutil.copytree(bundle / "bundle", tmp_path / "b")
+    assert quantize_main(["--bundle", str(b), "--calib", str(calib), "--compare-n", "2", "--holdout-n", "2",
+                          "--sensitivity-n", "1", "--methods", "minmax,entropy", "--threads", "1"]) == 0
+    m = load_manifest(b)
+    q = m["graphs"]["image"]["int8"]["quantization"]
+    assert q["scheme"] in ("S8S8", "U8S8") and q["calibration"] in ("minmax", "entropy")
+    assert {(c["scheme"], c["method"]) for c in q["compared"]} == {(s, k) for s in ("S8S8", "U8S8")
+                                                                  for k in ("minmax", "entropy")}
+    assert isinstance(q["nodes_in_float"], list) and q["calibration_pairs"] == 6
+    assert "image_int8.onnx" in m["files"]
+    assert (b / "image_int8.onnx").stat().st_size < 0.5 * (b / "image_fp32.onnx").stat().st_size
+    assert verify_bundle(b) == {"fp32": [1, 1, 16, 24], "int8": [1, 1, 16, 24]}
+    report = json.loads((b / "quantization_report.json").read_text())
+    assert report["sensitivity"] and {"node", "op", "qdq_sqnr_db"} <= set(report["sensitivity"][0])
+    assert 0 <= m["text_quantization"]["min_cosine"] <= 1.0 + 1e-6
