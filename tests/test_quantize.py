@@ -75,3 +75,32 @@ def test_quantize_tiny_model_records_its_choices(bundle, calib, tmp_path):
     report = json.loads((b / "quantization_report.json").read_text())
     assert report["sensitivity"] and {"node", "op", "qdq_sqnr_db"} <= set(report["sensitivity"][0])
     assert 0 <= m["text_quantization"]["min_cosine"] <= 1.0 + 1e-6
+
+
+def test_collect_from_a_folder_skips_bad_files(tmp_path, capsys):
+    from PIL import Image
+
+    from quantize.collect import main as collect_main
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((900, 1200, 3), 40 * i, np.uint8)).save(src / f"p{i}.jpg")
+    (src / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    (tmp_path / "phrases.txt").write_text("the red mug\n\nthe blue cup\n")
+    assert collect_main(["--from-folder", str(src), "--n", "10", "--out", str(tmp_path / "c"),
+                         "--phrases", str(tmp_path / "phrases.txt")]) == 0
+    assert "broken.jpg" in capsys.readouterr().err
+    pairs = read_pairs(tmp_path / "c")
+    assert [p for _, p in pairs] == ["the red mug", "the blue cup", "the red mug"]
+    assert Image.open(pairs[0][0]).size == (640, 480)
+
+
+def test_collect_camera_without_picamera2_says_what_to_do(tmp_path, monkeypatch):
+    import sys
+
+    from quantize.collect import main as collect_main
+
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+    with pytest.raises(SystemExit, match="picamera2.*--from-folder"):
+        collect_main(["--camera", "--n", "1", "--out", str(tmp_path), "--phrase", "x"])
