@@ -103,8 +103,11 @@ class Segmenter:
     @classmethod
     def from_bundle(cls, path: str | Path | None = None, precision: str = "auto", threads: int | None = None):
         """``path=None`` loads the bundle shipped inside the package."""
-        path = Path(path) if path is not None else default_bundle_dir()
-        return cls(path, precision, threads)
+        if path is None:
+            path = default_bundle_dir()
+            if not (path / "manifest.json").is_file():
+                raise BundleError(f"{path}: this install has no bundled default model; pass a bundle directory")
+        return cls(Path(path), precision, threads)
 
     def tokenize(self, phrase: str) -> tuple[np.ndarray, np.ndarray]:
         """``(input_ids, attention_mask)`` int64 ``[1, L]``; long phrases are cut with a warning."""
