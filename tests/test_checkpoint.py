@@ -58,3 +58,16 @@ def test_weights_of_another_config_are_refused(tiny_model, tokenizer, tmp_path):
     tiny_config(dim=64).save(tmp_path / "c" / "config.json")
     with pytest.raises((ValueError, RuntimeError), match="model.safetensors|size mismatch"):
         load_checkpoint(tmp_path / "c")
+
+
+def test_committed_student_checkpoint_loads():
+    from pathlib import Path
+
+    ckpt = Path(__file__).resolve().parents[1] / "checkpoints" / "stdc1-minilm-shaperef"
+    model, tok, meta = load_checkpoint(ckpt)
+    assert model.config.name == "stdc1-minilm" and meta["step"] == 1200
+    assert meta["metrics_shaperef_val_640"]["n"] == 1000
+    ids, mask = tok("the red circle on the left")
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 64, 96), ids, mask)
+    assert out.logits.shape == (1, 1, 16, 24) and torch.isfinite(out.logits).all()
