@@ -11,7 +11,6 @@ Names are fixed here so the runtime and the manifest agree on them.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from eris.model import ERIS, TextFeatures

@@ -8,9 +8,7 @@ half-written checkpoint behind under the final names.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,22 +18,11 @@ from eris.builder import build_model, build_tokenizer
 from eris.config import ErisConfig
 from eris.model import ERIS
 from eris.text.tokenizer import PhraseTokenizer
+from pi_runtime.files import atomic_write
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CHECKPOINT_FILES"]
 
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "tokenizer.json", "meta.json")
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_checkpoint(model: ERIS, out_dir: str | Path, tokenizer: PhraseTokenizer | None = None,
@@ -46,10 +33,10 @@ def save_checkpoint(model: ERIS, out_dir: str | Path, tokenizer: PhraseTokenizer
     state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
     tokenizer = tokenizer or build_tokenizer(model.config)
-    _atomic_write(out / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"}))
-    _atomic_write(out / "config.json", lambda p: model.config.save(p))
-    _atomic_write(out / "tokenizer.json", lambda p: shutil.copyfile(tokenizer.path, p))
-    _atomic_write(out / "meta.json", lambda p: Path(p).write_text(json.dumps(meta or {}, indent=2) + "\n"))
+    atomic_write(out / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"}))
+    atomic_write(out / "config.json", lambda p: model.config.save(p))
+    atomic_write(out / "tokenizer.json", lambda p: shutil.copyfile(tokenizer.path, p))
+    atomic_write(out / "meta.json", lambda p: Path(p).write_text(json.dumps(meta or {}, indent=2) + "\n"))
     return out
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pi_runtime.files import atomic_write
 from pi_runtime.preprocess import ImageError, load_image
 from pi_runtime.segmenter import PhraseError, Segmenter
 
@@ -84,18 +83,6 @@ def overlay(image: np.ndarray, mask: np.ndarray, colour=(255, 0, 80), alpha: flo
     return out.astype(np.uint8)
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _done_ids(results: Path) -> set[str]:
     """Ids already in ``results.jsonl``; a line cut by a kill is dropped (its item runs again)."""
     if not results.is_file():
@@ -110,7 +97,7 @@ def _done_ids(results: Path) -> set[str]:
             continue
     repaired = "".join(l + "\n" for l in kept)
     if repaired != text:
-        _atomic(results, lambda p: Path(p).write_text(repaired))
+        atomic_write(results, lambda p: Path(p).write_text(repaired))
     return done
 
 
@@ -138,10 +125,10 @@ def run_batch(seg: Segmenter, items: list[Item], out: Path, overlays: bool = Fal
             failed.append(f"{item.image}: {exc}" if isinstance(exc, PhraseError) else str(exc))
             continue
         mask_png = Image.fromarray(result.mask.astype(np.uint8) * 255)
-        _atomic(out / f"{item.id}.png", lambda p: mask_png.save(p, format="PNG"))
+        atomic_write(out / f"{item.id}.png", lambda p: mask_png.save(p, format="PNG"))
         if overlays:
             over = Image.fromarray(overlay(image, result.mask))
-            _atomic(out / f"{item.id}.overlay.jpg", lambda p: over.save(p, format="JPEG", quality=90))
+            atomic_write(out / f"{item.id}.overlay.jpg", lambda p: over.save(p, format="JPEG", quality=90))
         line = {"id": item.id, "image": str(item.image), "mask": f"{item.id}.png", **result.to_json()}
         with results.open("a") as f:
             f.write(json.dumps(line) + "\n")

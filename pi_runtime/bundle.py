@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from pi_runtime.files import atomic_write_bytes
 
 __all__ = ["FORMAT_VERSION", "BundleError", "sha256", "write_manifest", "load_manifest", "check_files", "verify_bundle"]
 
@@ -37,12 +37,7 @@ def write_manifest(bundle: Path, manifest: dict) -> Path:
     manifest = dict(manifest)
     manifest["files"] = {name: {"sha256": sha256(bundle / name), "bytes": (bundle / name).stat().st_size}
                          for name in sorted(manifest["files"])}
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=bundle)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(manifest, indent=2) + "\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
-    os.replace(tmp, bundle / "manifest.json")
-    return bundle / "manifest.json"
+    return atomic_write_bytes(bundle / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
 
 
 def load_manifest(bundle: str | Path) -> dict:

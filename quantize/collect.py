@@ -12,11 +12,8 @@ model's long side (640). A rerun keeps what is already there and adds the rest.
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
 import sys
-import tempfile
 import time
 from itertools import cycle
 from pathlib import Path
@@ -24,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pi_runtime.files import atomic_write
 from pi_runtime.preprocess import ImageError, load_image
 
 __all__ = ["main", "camera_frames", "folder_frames"]
@@ -63,13 +61,7 @@ def folder_frames(folder: Path, n: int):
 def _write(path: Path, image: np.ndarray, long_side: int) -> None:
     im = Image.fromarray(image)
     im.thumbnail((long_side, long_side), Image.BILINEAR)
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=90)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(buf.getvalue())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: im.save(tmp, format="JPEG", quality=90))
 
 
 def main(argv: list[str] | None = None) -> int:

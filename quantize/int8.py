@@ -36,12 +36,12 @@ class QuantConfig:
 
 
 def preprocess(fp32_path: Path, out_path: Path) -> Path:
-    """onnxruntime's recommended pre-processing; symbolic shape inference is skipped if it
-    cannot handle the graph's dynamic shapes (the ONNX one still runs)."""
-    try:
-        quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=False)
-    except Exception:  # noqa: BLE001 - symbolic inference fails on some dynamic-shape graphs
-        quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+    """onnxruntime's recommended pre-processing (ONNX shape inference + graph optimisation).
+
+    Symbolic shape inference is skipped: it cannot resolve our graphs' dynamic H/W/L, and when it
+    gives up it dumps ``sym_shape_infer_temp.onnx`` and its weights into the working directory.
+    """
+    quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
     return out_path
 
 

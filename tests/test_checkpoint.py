@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from eris import build_model, load_checkpoint, save_checkpoint
+from eris import load_checkpoint, save_checkpoint
 from tests.conftest import tiny_config
 
 

@@ -4,7 +4,6 @@ import json
 
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper
 
 from pi_runtime.bundle import BundleError, load_manifest, verify_bundle

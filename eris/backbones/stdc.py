@@ -8,7 +8,6 @@ The classifier (``conv_last``, ``fc``, ``bn``, ``linear``) is not built.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -16,8 +16,6 @@ import colorsys
 import io
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from eris.data.expressions import Expression, generate_expression
+from pi_runtime.files import atomic_write_bytes
 
 __all__ = ["SceneObject", "Scene", "ShapeRefSample", "SPLITS", "SHAPES", "COLOURS", "ASPECTS",
            "make_scene", "render_scene", "get_sample", "main"]
@@ -285,14 +284,6 @@ def get_sample(split: str, index: int, seed: int = 0, long_side: int = 640, degr
                           expression=expression, split=split, index=index)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
-    os.replace(tmp, path)
-
-
 def export_split(out: Path, split: str, n: int, seed: int = 0, long_side: int = 640) -> Path:
     """Writes ``n`` samples as files; samples already written are kept (the run resumes)."""
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -309,9 +300,9 @@ def export_split(out: Path, split: str, n: int, seed: int = 0, long_side: int = 
                                    (mask_path, Image.fromarray(sample.mask.astype(np.uint8) * 255), "PNG")):
                 buf = io.BytesIO()
                 pil.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-                _write_atomic(path, buf.getvalue())
+                atomic_write_bytes(path, buf.getvalue())
         lines.append(json.dumps({"image": f"images/{sid}.jpg", "mask": f"masks/{sid}.png", **sample.describe()}))
-    _write_atomic(out / "manifest.jsonl", ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(out / "manifest.jsonl", ("\n".join(lines) + "\n").encode())
     return out / "manifest.jsonl"
 
 
