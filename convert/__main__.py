@@ -17,11 +17,14 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import onnx
 import torch
 
 from pi_runtime.bundle import FORMAT_VERSION, sha256, write_manifest
+from pi_runtime.files import atomic_write
 from convert.graphs import IMAGE_INPUTS, IMAGE_OUTPUTS, TEXT_INPUTS, TEXT_OUTPUTS
-from convert.onnx_export import OPSET, ExportError, export_image_graph, export_text_graph
+from convert.onnx_export import OPSET, ExportError, check_standard_ops, export_image_graph, export_text_graph
+from convert.weights import store_fp16
 from convert.parity import DEFAULT_CASES, check_parity
 from eris.checkpoint import load_checkpoint
 
@@ -43,7 +46,7 @@ def build_manifest(model, meta: dict, checkpoint: str, parity: list, command: st
         "graphs": {"text": {"file": TEXT_FILE, "precision": "fp32", "inputs": TEXT_INPUTS, "outputs": TEXT_OUTPUTS},
                    "image": {"fp32": {"file": IMAGE_FILE, "inputs": IMAGE_INPUTS, "outputs": IMAGE_OUTPUTS}}},
         "files": [TEXT_FILE, IMAGE_FILE, "tokenizer.json"],
-        "metrics": {"torch_fp32": meta.get("metrics", {})},
+        "metrics": {"torch_fp32": meta.get("metrics_shaperef_val_640") or meta.get("metrics", {})},
         "parity": {"max_abs_diff": max(p["max_abs_diff"] for p in parity) if parity else None, "cases": parity},
         "provenance": {"checkpoint": checkpoint, "step": meta.get("step"), "training_args": meta.get("args"),
                        "commands": [command], "created": datetime.datetime.now(datetime.timezone.utc).isoformat()},
@@ -59,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parity", choices=["full", "quick", "off"], default="full",
                     help="parity cases: full (18), quick (3: one per size), off")
     ap.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads")
+    ap.add_argument("--weights", choices=["fp16", "fp32"], default="fp16",
+                    help="how graph files store fp32 weights: fp16 = fp16 values (times an fp32 per-channel "
+                         "scale where a BatchNorm was folded in), cast to fp32 at session start; the "
+                         "arithmetic stays fp32 either way (parity is checked on the written files)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,6 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    storage = {}
+    if args.weights == "fp16":
+        originals = {k: v.detach().numpy() for k, v in model.state_dict().items() if v.is_floating_point()}
+        for name in (TEXT_FILE, IMAGE_FILE):
+            graph = onnx.load(str(out / name))
+            storage[name] = store_fp16(graph, originals)
+            atomic_write(out / name, lambda p, g=graph: onnx.save(g, p))
+            check_standard_ops(out / name)
+            print(f"{name}: weights stored as " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in storage[name].items()))
     cases = {"full": DEFAULT_CASES, "quick": [c for c in DEFAULT_CASES if c.tokens == 10 and c.batch == 1],
              "off": []}[args.parity]
     parity = [asdict(c) for c in check_parity(model, tokenizer, out / TEXT_FILE, out / IMAGE_FILE, cases,
@@ -81,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copyfile(tokenizer.path, out / "tokenizer.json")
     manifest = build_manifest(model, meta, str(args.checkpoint), parity, "python -m convert " + " ".join(argv or sys.argv[1:]))
     manifest["tokenizer"]["sha256"] = sha256(out / "tokenizer.json")
+    manifest["weight_storage"] = {"mode": args.weights, "bytes_by_treatment": storage}
     write_manifest(out, manifest)
     worst = max((c["max_abs_diff"] for c in parity), default=0.0)
     print(json.dumps({"bundle": str(out), "parity_max_abs_diff": worst, "cases": len(parity)}))

@@ -11,8 +11,10 @@
    PyTorch numbers come from the manifest), file sizes, written to ``quantization_report.json``
    and ``.md`` in the bundle.
 
-The text graph stays fp32 unless dynamic INT8 keeps the cosine similarity of every output
->= 0.999 on the calibration phrases (and, with ``--report``, the mIoU drop <= 0.2 points).
+Text graph: two INT8 candidates are measured, onnxruntime's dynamic INT8 and int8 storage of the
+word-embedding table alone (fp32 arithmetic, ``convert.weights.int8_embedding``). The smallest one
+that keeps the cosine similarity of every output >= 0.999 on the calibration phrases (and, with
+``--report``, loses <= 0.2 mIoU end to end) replaces the float text graph; otherwise it stays.
 """
 
 from __future__ import annotations
@@ -25,14 +27,19 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
+from convert.weights import int8_embedding, unpack_fp16
 from pi_runtime.bundle import load_manifest, write_manifest
+from pi_runtime.files import atomic_write_bytes
 from pi_runtime.segmenter import Segmenter
 from quantize.calib import CalibrationReader, read_pairs
 from quantize.int8 import ACTIVATION_TYPES, METHODS, QuantConfig, preprocess, quantize_image_graph, sensitivity_report
 
-INT8_FILE, TEXT_INT8_FILE = "image_int8.onnx", "text_int8.onnx"
+INT8_FILE = "image_int8.onnx"
+TEXT_DYNAMIC_FILE, TEXT_EMB8_FILE = "text_dynamic_int8.onnx", "text_int8_embedding.onnx"
+TEXT_MIN_COSINE, TEXT_MAX_MIOU_DROP = 0.999, 0.2
 
 
 def _session(path: Path, threads: int | None) -> ort.InferenceSession:
@@ -67,22 +74,44 @@ def agreement(reference: ort.InferenceSession, candidate: ort.InferenceSession, 
     return {"mask_agreement_iou": float(np.mean(ious)), "logit_sqnr_db": float(np.mean(sqnrs))}
 
 
-def text_dynamic_int8(bundle: Path, seg: Segmenter, phrases: list[str], threads: int | None) -> dict:
-    """Dynamic INT8 of the text graph's weights; min cosine similarity of every output."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    out = bundle / TEXT_INT8_FILE
-    quantize_dynamic(str(bundle / seg.manifest["graphs"]["text"]["file"]), str(out), weight_type=QuantType.QInt8)
-    fp32, int8 = seg._text, _session(out, threads)
+def _min_cosine(reference: ort.InferenceSession, candidate: ort.InferenceSession, seg: Segmenter,
+                phrases: list[str]) -> float:
     names = seg.manifest["graphs"]["text"]["outputs"]
     worst = 1.0
     for p in phrases:
         ids, mask = seg.tokenize(p)
-        for a, b in zip(fp32.run(names, {"input_ids": ids, "attention_mask": mask}),
-                        int8.run(names, {"input_ids": ids, "attention_mask": mask})):
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        for a, b in zip(reference.run(names, feeds), candidate.run(names, feeds)):
             a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
             worst = min(worst, float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)))
-    return {"file": TEXT_INT8_FILE, "min_cosine": worst, "bytes": out.stat().st_size}
+    return worst
+
+
+def text_candidates(bundle: Path, seg: Segmenter, phrases: list[str], threads: int | None, tmp: Path) -> list[dict]:
+    """The text graph's INT8 options, each with the min cosine similarity of every output against
+    the float graph over ``phrases``: onnxruntime's dynamic INT8 (weights and, at run time,
+    activations), and int8 storage of the word-embedding table only (``convert.weights``)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = bundle / seg.manifest["graphs"]["text"]["file"]
+    unpacked = onnx.load(str(src))
+    unpack_fp16(unpacked)  # quantize_dynamic finds weights only as plain fp32 initializers
+    onnx.save(unpacked, str(tmp / "text_unpacked.onnx"))
+    quantize_dynamic(str(tmp / "text_unpacked.onnx"), str(tmp / TEXT_DYNAMIC_FILE), weight_type=QuantType.QInt8,
+                     per_channel=True)
+    emb = onnx.load(str(src))
+    tables = int8_embedding(emb)
+    onnx.save(emb, str(tmp / TEXT_EMB8_FILE))
+    out = []
+    options = [("dynamic_int8", TEXT_DYNAMIC_FILE, {})]
+    if tables:  # nothing to gain when no table is large enough
+        options.append(("int8_embedding", TEXT_EMB8_FILE, {"tables": {k: list(v) for k, v in tables.items()}}))
+    for kind, name, extra in options:
+        cos = _min_cosine(seg._text, _session(tmp / name, threads), seg, phrases)
+        out.append({"kind": kind, "file": name, "min_cosine": cos, "bytes": (tmp / name).stat().st_size,
+                    "accepted_cosine": cos >= TEXT_MIN_COSINE, **extra})
+        print(f"text {kind:<15} min cosine {cos:.5f}  {(tmp / name).stat().st_size / 1e6:.1f} MB", flush=True)
+    return out
 
 
 def evaluate_bundle(bundle: Path, precision: str, n: int, threads: int | None, text_file: str | None = None) -> dict:
@@ -101,7 +130,10 @@ def evaluate_bundle(bundle: Path, precision: str, n: int, threads: int | None, t
 
 def _markdown(report: dict) -> str:
     rows = ["| precision | mIoU | oIoU | image graph MB |", "|---|---|---|---|"]
-    for key, label in (("torch_fp32", "PyTorch fp32"), ("onnx_fp32", "ONNX fp32"), ("onnx_int8", "ONNX INT8")):
+    labels = [("torch_fp32", "PyTorch fp32"), ("onnx_fp32", "ONNX fp32"), ("onnx_int8", "ONNX INT8 image")]
+    labels += [(k, "ONNX INT8 image + " + k.removeprefix("onnx_int8_text_").replace("_", " ") + " text")
+               for k in report["metrics"] if k.startswith("onnx_int8_text_")]
+    for key, label in labels:
         m = report["metrics"].get(key) or {}
         size = report["sizes_mb"].get({"onnx_fp32": "image_fp32", "onnx_int8": "image_int8"}.get(key, ""), "")
         if m:
@@ -123,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", action="store_true", help="measure mIoU/oIoU of fp32 and INT8 on ShapeRef val")
     ap.add_argument("--eval-n", type=int, default=1000, help="ShapeRef val images for --report")
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    ap.add_argument("--keep-float-text", action="store_true",
+                    help="keep the float text graph as the bundle's text graph even when an INT8 one passes")
     args = ap.parse_args(argv)
 
     bundle = args.bundle
@@ -136,9 +170,13 @@ def main(argv: list[str] | None = None) -> int:
                                  seg.max_tokens)
 
     fp32_path = bundle / manifest["graphs"]["image"]["fp32"]["file"]
+    phrases = [p for _, p in pairs[:100]]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        pre = preprocess(fp32_path, tmp / "pre.onnx")
+        unpacked = onnx.load(str(fp32_path))
+        unpack_fp16(unpacked)
+        onnx.save(unpacked, str(tmp / "image_unpacked.onnx"))
+        pre = preprocess(tmp / "image_unpacked.onnx", tmp / "pre.onnx")
         reference = _session(pre, args.threads)
         feeds = holdout_feeds(seg, args.holdout_n)
         compared = []
@@ -169,8 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         final = agreement(reference, _session(tmp / INT8_FILE, args.threads), feeds)
         shutil.copyfile(tmp / INT8_FILE, bundle / INT8_FILE)
 
-    text = text_dynamic_int8(bundle, seg, [p for _, p in pairs[:100]], args.threads)
-    text["accepted"] = text["min_cosine"] >= 0.999
+        candidates = text_candidates(bundle, seg, phrases, args.threads, tmp)
+        # Smallest candidate that keeps every output's cosine >= TEXT_MIN_COSINE.
+        passing = sorted((c for c in candidates if c["accepted_cosine"]), key=lambda c: c["bytes"])
+        text_choice = passing[0] if passing else None
+        if text_choice:
+            shutil.copyfile(tmp / text_choice["file"], bundle / text_choice["file"])
+
     spec = manifest["graphs"]["image"]["fp32"]
     manifest["graphs"]["image"]["int8"] = {
         "file": INT8_FILE, "inputs": spec["inputs"], "outputs": spec["outputs"],
@@ -181,34 +224,43 @@ def main(argv: list[str] | None = None) -> int:
                          "holdout_agreement": final},
     }
     files = set(manifest["files"]) | {INT8_FILE}
+    float_text = manifest["graphs"]["text"]["file"]
     report = {"compared": compared, "chosen": best_cfg.name, "nodes_in_float": exclude,
-              "sensitivity": sensitivity[:40], "holdout_agreement": final, "text_dynamic_int8": text}
+              "sensitivity": sensitivity[:40], "holdout_agreement": final, "text_candidates": candidates}
+    m = manifest.setdefault("metrics", {})
     if args.report:
-        m = manifest.setdefault("metrics", {})
         m["onnx_fp32"] = evaluate_bundle(bundle, "fp32", args.eval_n, args.threads)
         manifest["files"] = sorted(files)
         write_manifest(bundle, manifest)  # so the INT8 graph loads for evaluation
         m["onnx_int8"] = evaluate_bundle(bundle, "int8", args.eval_n, args.threads)
-        if text["accepted"]:
-            m["onnx_int8_text_int8"] = evaluate_bundle(bundle, "int8", args.eval_n, args.threads, TEXT_INT8_FILE)
-            text["accepted"] = m["onnx_int8"]["mIoU"] - m["onnx_int8_text_int8"]["mIoU"] <= 0.2
-        report["metrics"] = m
-    if text["accepted"]:
-        manifest["graphs"]["text"].update({"file": TEXT_INT8_FILE, "precision": "int8-dynamic"})
-        files.add(TEXT_INT8_FILE)
-    else:
-        (bundle / TEXT_INT8_FILE).unlink(missing_ok=True)
-        files.discard(TEXT_INT8_FILE)
-    manifest["text_quantization"] = text
+        if text_choice:
+            key = f"onnx_int8_text_{text_choice['kind']}"
+            m[key] = evaluate_bundle(bundle, "int8", args.eval_n, args.threads, text_choice["file"])
+            text_choice["miou_drop"] = m["onnx_int8"]["mIoU"] - m[key]["mIoU"]
+            if text_choice["miou_drop"] > TEXT_MAX_MIOU_DROP:
+                print(f"text {text_choice['kind']}: mIoU drop {text_choice['miou_drop']:.2f} > "
+                      f"{TEXT_MAX_MIOU_DROP}; keeping the float text graph", flush=True)
+                (bundle / text_choice["file"]).unlink()
+                text_choice = None
+    if text_choice and not args.keep_float_text:
+        manifest["graphs"]["text"].update({"file": text_choice["file"], "precision": text_choice["kind"]})
+        files = (files - {float_text}) | {text_choice["file"]}
+        (bundle / float_text).unlink()
+        print(f"text graph: {text_choice['file']} replaces {float_text}", flush=True)
+    elif text_choice:
+        files.add(text_choice["file"])
+    manifest["text_quantization"] = {"criteria": {"min_cosine": TEXT_MIN_COSINE, "max_miou_drop": TEXT_MAX_MIOU_DROP},
+                                     "candidates": candidates, "chosen": text_choice and text_choice["kind"]}
     manifest["files"] = sorted(files)
     write_manifest(bundle, manifest)
     report["sizes_mb"] = {Path(f).stem: round((bundle / f).stat().st_size / 1e6, 2) for f in sorted(files)}
-    report.setdefault("metrics", manifest.get("metrics", {}))
-    (bundle / "quantization_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (bundle / "quantization_report.md").write_text(_markdown(report))
+    report["metrics"] = m
+    atomic_write_bytes(bundle / "quantization_report.json", (json.dumps(report, indent=2) + "\n").encode())
+    atomic_write_bytes(bundle / "quantization_report.md", _markdown(report).encode())
     print(_markdown(report))
     print(json.dumps({"bundle": str(bundle), "chosen": best_cfg.name, "nodes_in_float": len(exclude),
-                      "holdout_agreement": final, "text_int8": text["accepted"], "sizes_mb": report["sizes_mb"]}))
+                      "holdout_agreement": final, "text": text_choice and text_choice["kind"],
+                      "sizes_mb": report["sizes_mb"], "total_mb": round(sum(report["sizes_mb"].values()), 2)}))
     return 0
 
 

@@ -74,7 +74,15 @@ def test_quantize_tiny_model_records_its_choices(bundle, calib, tmp_path):
     assert verify_bundle(b) == {"fp32": [1, 1, 16, 24], "int8": [1, 1, 16, 24]}
     report = json.loads((b / "quantization_report.json").read_text())
     assert report["sensitivity"] and {"node", "op", "qdq_sqnr_db"} <= set(report["sensitivity"][0])
-    assert 0 <= m["text_quantization"]["min_cosine"] <= 1.0 + 1e-6
+    tq = m["text_quantization"]
+    assert [c["kind"] for c in tq["candidates"]] == ["dynamic_int8"]  # tiny vocabulary: no embedding candidate
+    dyn = tq["candidates"][0]
+    assert 0 <= dyn["min_cosine"] <= 1.0 + 1e-6 and dyn["accepted_cosine"] == (dyn["min_cosine"] >= 0.999)
+    text_file = m["graphs"]["text"]["file"]
+    if tq["chosen"]:
+        assert text_file == dyn["file"] and "text.onnx" not in m["files"] and not (b / "text.onnx").exists()
+    else:
+        assert text_file == "text.onnx" and not (b / dyn["file"]).exists()
 
 
 def test_collect_from_a_folder_skips_bad_files(tmp_path, capsys):
