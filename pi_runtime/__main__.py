@@ -1,11 +1,19 @@
-"""``python -m pi_runtime``: segment what a phrase names in images.
+"""``python -m pi_runtime``: segment what a phrase names in images, a camera stream or a replay.
 
     python -m pi_runtime --input photos/ --text "the red mug on the left" --output out/
     python -m pi_runtime --input jobs.jsonl --output out/      # lines {"image", "phrase", "id"?}
+    python -m pi_runtime --camera --text "the red mug" [--json] [--serve] [--save DIR]
+    python -m pi_runtime --source video.mp4|frames/|/dev/video0 --text "the red mug" --json
+    python -m pi_runtime bench [--size 640] [--precision int8]
+    python -m pi_runtime doctor
 
-Writes ``out/<id>.png`` (0/255 mask at the image's size), ``out/<id>.overlay.jpg`` with
-``--overlay``, and ``out/results.jsonl`` (found, score, bbox, centroid, area, timings). A rerun
-skips finished items; bad files are listed at the end; exit code 0 only if every item succeeded.
+Batch mode writes ``out/<id>.png`` (0/255 mask at the image's size), ``out/<id>.overlay.jpg`` with
+``--overlay``, and ``out/results.jsonl``; a rerun skips finished items; bad files are listed at the
+end; exit code 0 only if every item succeeded. Live mode (``--camera``/``--source``) writes one JSON
+line per frame with ``--json`` (frame, time, phrase, found, score, bbox, centroid, area,
+latency_ms), serves an MJPEG preview with a phrase box with ``--serve``, and takes a new phrase
+from each line typed on the terminal. Exit codes: 0 done, 1 some items failed or the camera was
+lost, 2 bad arguments, bundle or camera.
 """
 
 from __future__ import annotations
@@ -22,12 +30,24 @@ from pi_runtime.segmenter import Segmenter
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pi_runtime", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-                                 epilog="Camera streaming, bench and doctor are not built yet.")
-    ap.add_argument("--input", nargs="+", required=True,
-                    help="image files, directories, glob patterns, or one manifest .jsonl")
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="subcommands: 'python -m pi_runtime bench --help', "
+                                        "'python -m pi_runtime doctor --help'")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--input", nargs="+", help="batch: image files, directories, glob patterns, or one manifest .jsonl")
+    what.add_argument("--camera", action="store_true", help="live: the Raspberry Pi camera (picamera2)")
+    what.add_argument("--source", help="live: replay a video file, a directory of images, or a webcam /dev/videoN")
     ap.add_argument("--text", help="the phrase (required unless --input is a manifest)")
-    ap.add_argument("--output", type=Path, required=True, help="output directory")
-    ap.add_argument("--overlay", action="store_true", help="also write <id>.overlay.jpg with the mask drawn in")
+    ap.add_argument("--output", type=Path, help="batch: output directory")
+    ap.add_argument("--overlay", action="store_true", help="batch: also write <id>.overlay.jpg with the mask drawn in")
+    ap.add_argument("--json", action="store_true", help="live: one JSON line per frame on stdout")
+    ap.add_argument("--serve", action="store_true", help="live: MJPEG preview and a phrase box over HTTP")
+    ap.add_argument("--host", default="127.0.0.1", help="live: --serve address (default 127.0.0.1: this machine only)")
+    ap.add_argument("--port", type=int, default=8080, help="live: --serve port (0: any free port)")
+    ap.add_argument("--save", type=Path, help="live: write each frame's mask to DIR/<frame>.png")
+    ap.add_argument("--frames", type=int, default=None, help="live: stop after this many frames")
+    ap.add_argument("--capture-size", default="640x480",
+                    help="live: camera frame size WxH (default 640x480, the model's 4:3 input; no resize on the CPU)")
     ap.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: the one shipped in the package)")
     ap.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto",
                     help="image graph precision; auto = int8 where the CPU has int8 dot-product instructions")
@@ -36,7 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from pi_runtime.bench import main as bench_main
+        return bench_main(argv[1:])
+    if argv[:1] == ["doctor"]:
+        from pi_runtime.doctor import main as doctor_main
+        return doctor_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.camera or args.source:
+        return run_live(args)
+    if args.output is None:
+        print("error: --output: batch mode needs an output directory", file=sys.stderr)
+        return 2
     errors: list[str] = []
     if len(args.input) == 1 and args.input[0].endswith(".jsonl"):
         manifest = Path(args.input[0])
@@ -61,6 +93,54 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_batch(seg, items, args.output, overlays=args.overlay, errors=errors)
     print(json.dumps({k: v for k, v in summary.items() if k != "errors"}))
     return 0 if summary["failed"] == 0 else 1
+
+
+def run_live(args) -> int:
+    from pi_runtime.segmenter import PhraseError
+    from pi_runtime.sources import CameraError, open_source
+    from pi_runtime.stream import PhraseBox, run_stream, watch_stdin
+
+    try:
+        box = PhraseBox(args.text or "")
+    except PhraseError as exc:
+        print(f"error: --text: {exc}", file=sys.stderr)
+        return 2
+    try:
+        width, height = (int(v) for v in args.capture_size.lower().split("x"))
+    except ValueError:
+        print(f"error: --capture-size {args.capture_size}: expected WxH, e.g. 640x480", file=sys.stderr)
+        return 2
+    try:
+        seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads)
+        source = open_source(args.source, args.camera, (width, height))
+    except (BundleError, CameraError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    preview = None
+    if args.serve:
+        from pi_runtime.serve import PreviewServer
+
+        try:
+            preview = PreviewServer(box, args.host, args.port).start()
+        except OSError as exc:
+            source.close()
+            print(f"error: --serve {args.host}:{args.port}: {exc}", file=sys.stderr)
+            return 2
+        print(f"preview: {preview.url}", file=sys.stderr, flush=True)
+    watch_stdin(box)
+    try:
+        summary = run_stream(seg, source, box, json_out=sys.stdout if args.json else None, preview=preview,
+                             save_dir=args.save, max_frames=args.frames)
+    except CameraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if preview:
+            preview.close()
+    print(json.dumps(summary), file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
