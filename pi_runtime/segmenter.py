@@ -60,6 +60,23 @@ def cpu_has_int8_dot() -> bool:
     return any(f in flags.split() for f in ("asimddp", "avx512_vnni", "avx_vnni", "avxvnni"))
 
 
+def physical_cores() -> int:
+    """Physical cores (SMT siblings counted once); ``os.cpu_count()`` where /proc/cpuinfo does not say."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return max(1, os.cpu_count() or 1)
+    cores, phys = set(), "0"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            phys = value.strip()
+        elif key == "core id":
+            cores.add((phys, value.strip()))
+    return len(cores) or max(1, os.cpu_count() or 1)
+
+
 def default_bundle_dir() -> Path:
     return Path(__file__).resolve().parent / "bundles" / "default"
 
@@ -78,7 +95,7 @@ class Segmenter:
         if precision not in images:
             raise BundleError(f"{self.bundle}: no {precision} image graph (has {', '.join(sorted(images))})")
         self.precision = precision
-        self.threads = threads or max(1, (os.cpu_count() or 2))
+        self.threads = threads or physical_cores()
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1

@@ -262,3 +262,36 @@ def test_phrase_box_rules():
     with pytest.raises(PhraseError, match="limit"):
         box.set("x" * (MAX_PHRASE_CHARS + 1))
     assert box.set("né 杯子") == "né 杯子"
+
+
+def test_bench_prints_a_table_and_a_json_last_line(bundle, capsys):
+    from pi_runtime.bench import main as bench_main
+
+    assert bench_main(["--bundle", str(bundle / "bundle"), "--precision", "fp32", "--threads", "1", "--size", "128",
+                       "--aspect", "4:3", "--runs", "3", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(out[-1])
+    for key in ("image_p50_ms", "frame_p50_ms", "text_p50_ms", "peak_rss_mb", "precision", "threads", "fps",
+                "cold_start_ms", "text_cached_p50_ms"):
+        assert key in report
+    assert report["precision"] == "fp32" and report["threads"] == 1
+    assert report["frame_hw"] == [96, 128]
+    assert report["input_hw"] == [480, 640]  # a 4:3 frame runs at 640x480, not padded to a square
+    assert report["text_cached_p50_ms"] < report["text_p50_ms"]
+    assert any(line.startswith("image graph") for line in out)
+
+
+def test_doctor_reports_each_check_and_fails_on_a_broken_bundle(bundle, tmp_path, capsys):
+    import shutil
+
+    from pi_runtime.doctor import main as doctor_main
+
+    assert doctor_main(["--bundle", str(bundle / "bundle")]) == 0
+    out = capsys.readouterr().out
+    for check in ("64-bit OS and Python", "package onnxruntime", "CPU int8 dot-product", "camera", "bundle"):
+        assert check in out
+    assert all(line.split()[0] in {"OK", "WARN", "FAIL", "INFO"} for line in out.strip().splitlines())
+    broken = shutil.copytree(bundle / "bundle", tmp_path / "b")
+    (broken / "tokenizer.json").write_text("{}")
+    assert doctor_main(["--bundle", str(broken)]) == 1
+    assert "FAIL  bundle" in capsys.readouterr().out

@@ -1,0 +1,140 @@
+"""``python -m pi_runtime bench``: how fast this machine runs the bundle.
+
+Measures, each over ``--runs`` repetitions after ``--warmup`` ones:
+* cold start: loading the bundle plus the first mask (text graph, image graph, post-processing);
+* text graph: a new phrase each time (cache bypassed), and a repeated phrase (the cache);
+* image graph alone, on a ``--size`` frame already letterboxed (``--aspect 1:1`` by default);
+* the whole per-frame path a camera frame takes (letterbox, image graph, resize, threshold,
+  bbox/centroid) with a cached phrase.
+Prints a table, then the same figures as one JSON object on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pi_runtime.bundle import BundleError
+from pi_runtime.preprocess import letterbox
+from pi_runtime.segmenter import Segmenter
+
+__all__ = ["main", "pi_health"]
+
+PHRASES = ["the red circle on the left", "a big blue square", "the green star next to the ring",
+           "the second triangle from the right", "the smallest yellow hexagon", "a purple diamond at the top",
+           "the cross below the orange circle", "the leftmost ring"]
+
+
+def _percentiles(ms: list[float]) -> tuple[float, float]:
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
+
+
+def _time(fn, runs: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def pi_health() -> dict:
+    """CPU temperature and throttling flags where ``vcgencmd`` exists (Raspberry Pi OS)."""
+    if not shutil.which("vcgencmd"):
+        return {}
+    out = {}
+    for key, cmd in (("temp", "measure_temp"), ("throttled", "get_throttled")):
+        try:
+            out[key] = subprocess.run(["vcgencmd", cmd], capture_output=True, text=True, timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError) as exc:
+            out[key] = f"unavailable ({exc})"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pi_runtime bench", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    ap.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: the shipped one)")
+    ap.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto", help="image graph precision")
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: physical cores)")
+    ap.add_argument("--size", type=int, default=640, help="long side of the benchmark frame")
+    ap.add_argument("--aspect", default="1:1", help="frame aspect W:H, e.g. 4:3 for a camera frame (default 1:1)")
+    ap.add_argument("--runs", type=int, default=30, help="timed repetitions")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed repetitions first")
+    args = ap.parse_args(argv)
+    try:
+        aw, ah = (int(v) for v in args.aspect.split(":"))
+    except ValueError:
+        print(f"error: --aspect {args.aspect}: expected W:H, e.g. 4:3", file=sys.stderr)
+        return 2
+    w, h = (args.size, round(args.size * ah / aw)) if aw >= ah else (round(args.size * aw / ah), args.size)
+    frame = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+    t0 = time.perf_counter()
+    try:
+        seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads)
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    seg.segment(frame, PHRASES[0])
+    cold_ms = (time.perf_counter() - t0) * 1e3
+
+    counter = iter(range(10 ** 9))
+
+    def new_phrase():  # bypass the cache: every call encodes a phrase not seen before
+        i = next(counter)
+        seg.encode(f"{PHRASES[i % len(PHRASES)]} {i}")
+
+    text_ms = _time(new_phrase, args.runs, args.warmup)
+    cached_ms = _time(lambda: seg.encode(PHRASES[0]), args.runs, args.warmup)
+    padded, _ = letterbox(frame, seg.long_side, seg.divisor)
+    feeds = {"image": padded[None], **seg.encode(PHRASES[0])}
+    image_ms = _time(lambda: seg._image.run(None, feeds), args.runs, args.warmup)
+    frame_ms = _time(lambda: seg.segment(frame, PHRASES[0]), args.runs, args.warmup)
+
+    (t50, t95), (i50, i95), (f50, f95) = _percentiles(text_ms), _percentiles(image_ms), _percentiles(frame_ms)
+    report = {
+        "image_p50_ms": round(i50, 2), "image_p95_ms": round(i95, 2),
+        "frame_p50_ms": round(f50, 2), "frame_p95_ms": round(f95, 2),
+        "text_p50_ms": round(t50, 2), "text_p95_ms": round(t95, 2),
+        "text_cached_p50_ms": round(_percentiles(cached_ms)[0], 4),
+        "fps": round(1000.0 / f50, 2), "frame_overhead_pct": round(100.0 * (f50 - i50) / i50, 1),
+        "cold_start_ms": round(cold_ms, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
+        "input_hw": list(padded.shape[:2]), "frame_hw": [h, w],
+        "backend": "onnxruntime " + __import__("onnxruntime").__version__ + " CPUExecutionProvider",
+        "precision": seg.precision, "threads": seg.threads, "runs": args.runs,
+        "machine": f"{platform.machine()} {platform.system()} {platform.release()}",
+        **({"pi": pi_health()} if pi_health() else {}),
+    }
+    rows = [("image graph", i50, i95), ("per-frame path", f50, f95), ("text graph (new phrase)", t50, t95),
+            ("text (cached phrase)", *_percentiles(cached_ms))]
+    print(f"bundle {seg.bundle}  precision {seg.precision}  threads {seg.threads}  "
+          f"frame {w}x{h} -> input {padded.shape[1]}x{padded.shape[0]}")
+    print(f"{'':<26}{'p50 ms':>10}{'p95 ms':>10}")
+    for name, p50, p95 in rows:
+        print(f"{name:<26}{p50:>10.2f}{p95:>10.2f}")
+    print(f"FPS {report['fps']:.1f}   per-frame overhead {report['frame_overhead_pct']:.1f} %   "
+          f"cold start {cold_ms:.0f} ms   peak RSS {report['peak_rss_mb']:.0f} MB")
+    for key, value in report.get("pi", {}).items():
+        print(f"{key}: {value}")
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

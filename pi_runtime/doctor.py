@@ -1,0 +1,104 @@
+"""``python -m pi_runtime doctor``: is this machine ready to run eris-pi?
+
+One line per check, ``OK``/``WARN``/``FAIL``, with what to do when it is not OK. Exit code 1 if any
+check fails (warnings do not fail: a camera is optional for batch mode, INT8 instructions only
+make INT8 faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import shutil
+import struct
+import sys
+from pathlib import Path
+
+from pi_runtime.bundle import BundleError, verify_bundle
+from pi_runtime.segmenter import cpu_has_int8_dot, default_bundle_dir, physical_cores
+
+__all__ = ["main", "run_checks"]
+
+REQUIRED = ("numpy", "PIL", "tokenizers", "onnxruntime")
+OPTIONAL = {"picamera2": "live camera (sudo apt install python3-picamera2; venv with --system-site-packages)",
+            "cv2": "videos and USB webcams for --source (pip install opencv-python-headless)",
+            "ai_edge_litert": ".tflite graphs (pip install ai-edge-litert)"}
+
+
+def _version(module) -> str:
+    return getattr(module, "__version__", "") or ""
+
+
+def run_checks(bundle: Path | None = None) -> list[tuple[str, str, str]]:
+    """``(status, check, detail)`` rows."""
+    rows = []
+    bits = struct.calcsize("P") * 8
+    machine = platform.machine()
+    rows.append(("OK" if bits == 64 else "FAIL", "64-bit OS and Python",
+                 f"{platform.system()} {machine}, {bits}-bit Python" +
+                 ("" if bits == 64 else " - install 64-bit Raspberry Pi OS (onnxruntime has no 32-bit ARM wheels)")))
+    py_ok = sys.version_info >= (3, 10)
+    rows.append(("OK" if py_ok else "FAIL", "Python", platform.python_version() + ("" if py_ok else " - need 3.10+")))
+    for name in REQUIRED:
+        try:
+            module = importlib.import_module(name)
+            rows.append(("OK", f"package {name}", _version(module)))
+        except ImportError as exc:
+            rows.append(("FAIL", f"package {name}", f"{exc} - pip install .  (in the eris-pi checkout)"))
+    for name, why in OPTIONAL.items():
+        try:
+            module = importlib.import_module(name)
+            rows.append(("OK", f"optional {name}", _version(module)))
+        except ImportError:
+            rows.append(("WARN", f"optional {name}", f"not installed; needed for {why}"))
+    dot = cpu_has_int8_dot()
+    rows.append(("OK" if dot else "WARN", "CPU int8 dot-product (asimddp / VNNI)",
+                 f"{physical_cores()} physical cores; " +
+                 ("present: --precision auto uses INT8" if dot else
+                  "absent (e.g. Pi 4's Cortex-A72): --precision auto uses fp32")))
+    rows.append(_camera_check())
+    rows.append(_bundle_check(bundle))
+    return rows
+
+
+def _camera_check() -> tuple[str, str, str]:
+    try:
+        from picamera2 import Picamera2
+    except ImportError:
+        return ("WARN", "camera", "picamera2 not importable; batch mode and --source still work")
+    try:
+        cameras = Picamera2.global_camera_info()
+    except Exception as exc:  # noqa: BLE001 - libcamera errors vary
+        return ("FAIL", "camera", f"libcamera error ({exc}); check the ribbon cable, then 'rpicam-hello --list-cameras'")
+    if not cameras:
+        return ("WARN", "camera", "picamera2 sees no camera; check the ribbon cable and 'rpicam-hello --list-cameras'")
+    return ("OK", "camera", ", ".join(str(c.get("Model", "?")) for c in cameras))
+
+
+def _bundle_check(bundle: Path | None) -> tuple[str, str, str]:
+    path = Path(bundle) if bundle else default_bundle_dir()
+    try:
+        shapes = verify_bundle(path)
+    except BundleError as exc:
+        return ("FAIL", "bundle", f"{exc} - reinstall (pip install .) or pass --bundle DIR")
+    except Exception as exc:  # noqa: BLE001 - onnxruntime may fail in ways verify cannot name
+        return ("FAIL", "bundle", f"{path}: {exc}")
+    size = sum(p.stat().st_size for p in path.iterdir() if p.is_file()) / 1e6
+    return ("OK", "bundle", f"{path} ({size:.1f} MB; checksums OK; ran {', '.join(sorted(shapes))})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pi_runtime doctor", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    ap.add_argument("--bundle", type=Path, default=None, help="bundle directory to check (default: the shipped one)")
+    args = ap.parse_args(argv)
+    rows = run_checks(args.bundle)
+    for status, check, detail in rows:
+        print(f"{status:<5} {check:<40} {detail}")
+    free = shutil.disk_usage(Path.home()).free / 1e9
+    print(f"{'INFO':<5} {'free disk (home)':<40} {free:.1f} GB")
+    return 1 if any(status == "FAIL" for status, _, _ in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
