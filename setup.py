@@ -14,6 +14,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["eris", "eris.*", "convert", "convert.*", "quantize", "quantize.*",
                                     "pi_runtime", "pi_runtime.*"]),
+    # The default model ships inside the package, so `pip install .` carries it (see convert/, quantize/).
+    package_data={"pi_runtime": ["bundles/default/*.json", "bundles/default/*.onnx", "bundles/default/*.md"]},
     install_requires=[
         "numpy>=1.24",
         "pillow>=10",
@@ -32,6 +34,7 @@ setup(
         "dev": [
             "pytest>=8",
             "transformers>=4.40",  # reference BERT for the text-encoder parity test
+            "playwright>=1.40",  # drives Debian's /usr/bin/chromium in the preview page's browser test
         ],
         "tflite": ["ai-edge-litert>=1.0"],
         # picamera2 comes from Raspberry Pi OS (apt install python3-picamera2); create the venv with

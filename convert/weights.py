@@ -96,7 +96,7 @@ def constant_tables(model: onnx.ModelProto, min_elements: int = 1 << 20) -> list
             continue
         name = node.input[0]
         src = inits.get(name) or (inits.get(casts[name].input[0]) if name in casts else None)
-        if src is not None:
+        if src is not None and src.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16):
             table = numpy_helper.to_array(src).astype(np.float32)
             if table.ndim == 2 and table.size >= min_elements:
                 found.append((idx, name, table))

@@ -1,8 +1,10 @@
 """``python -m quantize --bundle BUNDLE --calib calib_data/ [--report]``: add an INT8 image graph.
 
 1. Pre-process the fp32 image graph (``quant_pre_process``).
-2. Compare S8S8 / U8S8 x MinMax / Percentile / Entropy, each calibrated on ``--compare-n`` pairs,
-   by how well the INT8 masks agree with fp32 (mean IoU) on ``--holdout-n`` ShapeRef val images.
+2. Which op types to quantize (``--op-sets``, e.g. only Conv; Conv and MatMul; everything), then
+   S8S8 / U8S8 x MinMax / Percentile / Entropy on the chosen set, each calibrated on
+   ``--compare-n`` pairs and judged by how well the INT8 masks agree with fp32 (mean IoU) on
+   ``--holdout-n`` ShapeRef val images.
 3. Per-node sensitivity report of the best scheme; nodes whose own quantization SQNR is below
    ``--sqnr-threshold`` dB stay in float.
 4. Quantize with the best scheme on all calibration pairs, excluding those nodes, write
@@ -150,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--holdout-n", type=int, default=24, help="ShapeRef val images to compare schemes on")
     ap.add_argument("--sensitivity-n", type=int, default=4, help="images for the per-node sensitivity report")
     ap.add_argument("--sqnr-threshold", type=float, default=15.0, help="keep nodes with own-quantization SQNR below this (dB) in float")
+    ap.add_argument("--op-sets", default="Conv;Conv,MatMul,Gemm;all",
+                    help="semicolon-separated op-type sets to compare ('all': every quantizable op)")
+    ap.add_argument("--min-agreement-gain", type=float, default=0.005,
+                    help="a smaller op set is preferred only if its mask agreement is higher by this much")
     ap.add_argument("--schemes", default="S8S8,U8S8", help=f"comma list of {sorted(ACTIVATION_TYPES)}")
     ap.add_argument("--methods", default="minmax,percentile,entropy", help=f"comma list of {sorted(METHODS)}")
     ap.add_argument("--report", action="store_true", help="measure mIoU/oIoU of fp32 and INT8 on ShapeRef val")
@@ -179,31 +185,47 @@ def main(argv: list[str] | None = None) -> int:
         pre = preprocess(tmp / "image_unpacked.onnx", tmp / "pre.onnx")
         reference = _session(pre, args.threads)
         feeds = holdout_feeds(seg, args.holdout_n)
+        def trial(cfg: QuantConfig, ops: list[str] | None, label: str) -> dict:
+            try:
+                path = quantize_image_graph(pre, tmp / f"{cfg.name}.onnx", reader(pairs[:args.compare_n]), cfg,
+                                            op_types=ops)
+            except ValueError as exc:  # e.g. histogram calibration of a constant tensor
+                print(f"{label:<32} failed: {exc}", flush=True)
+                return {"scheme": cfg.scheme, "method": cfg.method, "op_types": ops, "error": str(exc)}
+            row = {"scheme": cfg.scheme, "method": cfg.method, "op_types": ops,
+                   **agreement(reference, _session(path, args.threads), feeds)}
+            print(f"{label:<32} mask agreement {row['mask_agreement_iou']:.4f}  "
+                  f"logit SQNR {row['logit_sqnr_db']:.1f} dB", flush=True)
+            return row
+
+        op_sets = [None if o.strip() == "all" else [t.strip() for t in o.split(",")] for o in args.op_sets.split(";")]
+        first = QuantConfig("U8S8", "minmax")
+        op_rows = [trial(first, ops, f"ops {','.join(ops) if ops else 'all'} ({first.name})") for ops in op_sets]
+        op_ok = [r for r in op_rows if "error" not in r]
+        # The largest op set (most INT8 arithmetic, fastest) unless a smaller one agrees clearly better.
+        op_ok.sort(key=lambda r: -(len(r["op_types"]) if r["op_types"] else 10 ** 6))
+        op_best = op_ok[0] if op_ok else {"op_types": None}
+        for r in op_ok[1:]:
+            if r["mask_agreement_iou"] > op_best["mask_agreement_iou"] + args.min_agreement_gain:
+                op_best = r
+        op_types = op_best["op_types"]
         compared = []
         for scheme in args.schemes.split(","):
             for method in args.methods.split(","):
                 cfg = QuantConfig(scheme.strip(), method.strip())
-                try:
-                    path = quantize_image_graph(pre, tmp / f"{cfg.name}.onnx", reader(pairs[:args.compare_n]), cfg)
-                except ValueError as exc:  # e.g. histogram calibration of a constant tensor
-                    compared.append({"scheme": cfg.scheme, "method": cfg.method, "error": str(exc)})
-                    print(f"{cfg.name:<18} failed: {exc}", flush=True)
-                    continue
-                row = {"scheme": cfg.scheme, "method": cfg.method,
-                       **agreement(reference, _session(path, args.threads), feeds)}
-                compared.append(row)
-                print(f"{cfg.name:<18} mask agreement {row['mask_agreement_iou']:.4f}  "
-                      f"logit SQNR {row['logit_sqnr_db']:.1f} dB", flush=True)
+                compared.append(trial(cfg, op_types, cfg.name))
         usable = [r for r in compared if "error" not in r]
         if not usable:
             print("error: every quantization scheme failed; see above", file=sys.stderr)
             return 1
         best = max(usable, key=lambda r: (r["mask_agreement_iou"], r["logit_sqnr_db"]))
         best_cfg = QuantConfig(best["scheme"], best["method"])
+        quantize_image_graph(pre, tmp / f"{best_cfg.name}.onnx", reader(pairs[:args.compare_n]), best_cfg,
+                             op_types=op_types)
         sensitivity = sensitivity_report(pre, tmp / f"{best_cfg.name}.onnx", reader(pairs[:args.sensitivity_n]))
         exclude = sorted({r["node"] for r in sensitivity if r["qdq_sqnr_db"] < args.sqnr_threshold and r["node"] != "?"})
         print(f"best {best_cfg.name}; keeping {len(exclude)} node(s) in float: {exclude}", flush=True)
-        quantize_image_graph(pre, tmp / INT8_FILE, reader(final_pairs), best_cfg, exclude)
+        quantize_image_graph(pre, tmp / INT8_FILE, reader(final_pairs), best_cfg, exclude, op_types)
         final = agreement(reference, _session(tmp / INT8_FILE, args.threads), feeds)
         shutil.copyfile(tmp / INT8_FILE, bundle / INT8_FILE)
 
@@ -220,12 +242,14 @@ def main(argv: list[str] | None = None) -> int:
         "quantization": {"format": "QDQ", "weights": "S8 per-channel", "scheme": best_cfg.scheme,
                          "calibration": best_cfg.method, "calibration_pairs": len(final_pairs),
                          "calibration_set": str(args.calib), "nodes_in_float": exclude,
+                         "op_types": op_types or "all", "op_sets_compared": op_rows,
                          "sqnr_threshold_db": args.sqnr_threshold, "compared": compared,
                          "holdout_agreement": final},
     }
     files = set(manifest["files"]) | {INT8_FILE}
     float_text = manifest["graphs"]["text"]["file"]
-    report = {"compared": compared, "chosen": best_cfg.name, "nodes_in_float": exclude,
+    report = {"op_sets_compared": op_rows, "op_types": op_types or "all",
+              "compared": compared, "chosen": best_cfg.name, "nodes_in_float": exclude,
               "sensitivity": sensitivity[:40], "holdout_agreement": final, "text_candidates": candidates}
     m = manifest.setdefault("metrics", {})
     if args.report:

@@ -46,8 +46,9 @@ def preprocess(fp32_path: Path, out_path: Path) -> Path:
 
 
 def quantize_image_graph(pre_path: Path, out_path: Path, reader, config: QuantConfig,
-                         exclude: list[str] | None = None) -> Path:
-    """QDQ INT8 with per-channel S8 weights; ``exclude`` names nodes kept in float."""
+                         exclude: list[str] | None = None, op_types: list[str] | None = None) -> Path:
+    """QDQ INT8 with per-channel S8 weights; ``exclude`` names nodes kept in float; ``op_types``
+    limits quantization to those op types (None: every op type onnxruntime can quantize)."""
     extra = {"ActivationSymmetric": config.scheme == "S8S8", "CalibMovingAverage": False}
     if config.method == "percentile":
         extra["CalibPercentile"] = 99.99
@@ -55,7 +56,7 @@ def quantize_image_graph(pre_path: Path, out_path: Path, reader, config: QuantCo
     quantize_static(str(pre_path), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=ACTIVATION_TYPES[config.scheme], weight_type=QuantType.QInt8,
                     calibrate_method=METHODS[config.method], nodes_to_exclude=list(exclude or []),
-                    extra_options=extra)
+                    extra_options=extra, **({"op_types_to_quantize": list(op_types)} if op_types else {}))
     return out_path
 
 
