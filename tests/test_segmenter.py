@@ -75,3 +75,28 @@ def test_bad_phrases_and_long_phrases(seg):
 def test_missing_precision_is_named(bundle):
     with pytest.raises(BundleError, match="int8"):
         Segmenter.from_bundle(bundle / "bundle", precision="int8")
+
+
+def test_exif_rotated_photo_gives_a_mask_in_the_upright_orientation(seg, tmp_path):
+    rng = np.random.default_rng(5)
+    image = Image.fromarray(rng.integers(0, 255, (100, 160, 3), dtype=np.uint8))  # stored 160 wide, 100 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    image.save(tmp_path / "phone.jpg", exif=exif)
+    r = seg.segment(tmp_path / "phone.jpg", "the red mug")
+    assert r.mask.shape == (160, 100)  # displayed 100 wide, 160 high
+    upright = np.asarray(Image.open(tmp_path / "phone.jpg").transpose(Image.Transpose.ROTATE_270))
+    assert np.array_equal(seg.segment(upright, "the red mug").probability, r.probability)
+
+
+def test_very_large_photo_is_downscaled_not_refused(seg, tmp_path):
+    Image.new("RGB", (6000, 4000), (40, 90, 200)).save(tmp_path / "big.jpg", quality=70)
+    r = seg.segment(tmp_path / "big.jpg", "the blue wall")
+    assert r.mask.shape == (4000, 6000) and r.probability.dtype == np.float32
+
+
+def test_non_ascii_phrases_segment(seg):
+    image = np.zeros((64, 64, 3), np.uint8)
+    for phrase in ("la tasse rouge à gauche", "красная чашка", "赤いマグカップ", "🍵 cup"):
+        r = seg.segment(image, phrase)
+        assert r.phrase == phrase and r.mask.shape == (64, 64)
