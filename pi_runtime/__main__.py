@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: the one shipped in the package)")
     ap.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto",
                     help="image graph precision; auto = int8 where the CPU has int8 dot-product instructions")
-    ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: physical cores)")
+    ap.add_argument("--long-side", type=int, default=None,
+                    help="model input long side (default: the bundle's, 640; 320 is ~4x faster and less exact)")
     return ap
 
 
@@ -86,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         items = [Item(i, p, args.text) for i, p in zip(unique_ids(paths), paths)]
     try:
-        seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads)
-    except BundleError as exc:
+        seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side)
+    except (BundleError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary = run_batch(seg, items, args.output, overlays=args.overlay, errors=errors)
@@ -111,9 +113,9 @@ def run_live(args) -> int:
         print(f"error: --capture-size {args.capture_size}: expected WxH, e.g. 640x480", file=sys.stderr)
         return 2
     try:
-        seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads)
+        seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side)
         source = open_source(args.source, args.camera, (width, height))
-    except (BundleError, CameraError) as exc:
+    except (BundleError, CameraError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     preview = None

@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: the shipped one)")
     ap.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto", help="image graph precision")
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: physical cores)")
-    ap.add_argument("--size", type=int, default=640, help="long side of the benchmark frame")
+    ap.add_argument("--size", type=int, default=640,
+                    help="long side of the benchmark frame and of the model input (multiple of 32)")
     ap.add_argument("--aspect", default="1:1", help="frame aspect W:H, e.g. 4:3 for a camera frame (default 1:1)")
     ap.add_argument("--runs", type=int, default=30, help="timed repetitions")
     ap.add_argument("--warmup", type=int, default=3, help="untimed repetitions first")
@@ -87,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     try:
-        seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads)
-    except BundleError as exc:
+        seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, long_side=args.size)
+    except (BundleError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     seg.segment(frame, PHRASES[0])

@@ -4,9 +4,11 @@
 2. Which op types to quantize (``--op-sets``, e.g. only Conv; Conv and MatMul; everything), then
    S8S8 / U8S8 x MinMax / Percentile / Entropy on the chosen set, each calibrated on
    ``--compare-n`` pairs and judged by how well the INT8 masks agree with fp32 (mean IoU) on
-   ``--holdout-n`` ShapeRef val images.
+   ``--holdout-n`` ShapeRef val images, and by latency on this machine: the fastest candidate
+   within ``--agreement-tolerance`` of the best agreement wins.
 3. Per-node sensitivity report of the best scheme; nodes whose own quantization SQNR is below
-   ``--sqnr-threshold`` dB stay in float.
+   ``--sqnr-threshold`` dB are proposed for float, and kept in float only if that wins on the
+   same agreement/latency rule.
 4. Quantize with the best scheme on all calibration pairs, excluding those nodes, write
    ``image_int8.onnx`` and record the choice in the manifest.
 5. With ``--report``: mIoU / oIoU on ShapeRef val at 640 for ONNX fp32 and INT8 (the checkpoint's
@@ -26,6 +28,7 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +90,28 @@ def _min_cosine(reference: ort.InferenceSession, candidate: ort.InferenceSession
             a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
             worst = min(worst, float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)))
     return worst
+
+
+def latency_ms(session: ort.InferenceSession, feeds: dict, runs: int = 7) -> float:
+    """Median latency of one image-graph call on this (the build) machine, after one warm-up."""
+    session.run(None, feeds)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, feeds)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return round(float(np.median(times)), 2)
+
+
+def _fastest_good(rows: list[dict], tolerance: float) -> dict | None:
+    """The fastest row whose mask agreement is within ``tolerance`` of the best one. Speed counts
+    because the INT8 variants differ by up to 1.7x on the same CPU (x86: S8S8 convs run far
+    slower than U8S8), while their agreement differs by a few thousandths."""
+    ok = [r for r in rows if "error" not in r]
+    if not ok:
+        return None
+    top = max(r["mask_agreement_iou"] for r in ok)
+    return min((r for r in ok if r["mask_agreement_iou"] >= top - tolerance), key=lambda r: r["ms"])
 
 
 def text_candidates(bundle: Path, seg: Segmenter, phrases: list[str], threads: int | None, tmp: Path) -> list[dict]:
@@ -152,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--holdout-n", type=int, default=24, help="ShapeRef val images to compare schemes on")
     ap.add_argument("--sensitivity-n", type=int, default=4, help="images for the per-node sensitivity report")
     ap.add_argument("--sqnr-threshold", type=float, default=15.0, help="keep nodes with own-quantization SQNR below this (dB) in float")
-    ap.add_argument("--op-sets", default="Conv;Conv,MatMul,Gemm;all",
+    ap.add_argument("--op-sets", default="Conv;Conv,Relu;Conv,Relu,Add,Concat,AveragePool;Conv,MatMul,Gemm;all",
                     help="semicolon-separated op-type sets to compare ('all': every quantizable op)")
-    ap.add_argument("--min-agreement-gain", type=float, default=0.005,
-                    help="a smaller op set is preferred only if its mask agreement is higher by this much")
+    ap.add_argument("--agreement-tolerance", type=float, default=0.01,
+                    help="among candidates whose mask agreement is within this of the best, take the fastest")
     ap.add_argument("--schemes", default="S8S8,U8S8", help=f"comma list of {sorted(ACTIVATION_TYPES)}")
     ap.add_argument("--methods", default="minmax,percentile,entropy", help=f"comma list of {sorted(METHODS)}")
     ap.add_argument("--report", action="store_true", help="measure mIoU/oIoU of fp32 and INT8 on ShapeRef val")
@@ -192,22 +217,17 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as exc:  # e.g. histogram calibration of a constant tensor
                 print(f"{label:<32} failed: {exc}", flush=True)
                 return {"scheme": cfg.scheme, "method": cfg.method, "op_types": ops, "error": str(exc)}
+            session = _session(path, args.threads)
             row = {"scheme": cfg.scheme, "method": cfg.method, "op_types": ops,
-                   **agreement(reference, _session(path, args.threads), feeds)}
+                   **agreement(reference, session, feeds), "ms": latency_ms(session, feeds[0])}
             print(f"{label:<32} mask agreement {row['mask_agreement_iou']:.4f}  "
-                  f"logit SQNR {row['logit_sqnr_db']:.1f} dB", flush=True)
+                  f"logit SQNR {row['logit_sqnr_db']:.1f} dB  {row['ms']:.1f} ms", flush=True)
             return row
 
         op_sets = [None if o.strip() == "all" else [t.strip() for t in o.split(",")] for o in args.op_sets.split(";")]
         first = QuantConfig("U8S8", "minmax")
         op_rows = [trial(first, ops, f"ops {','.join(ops) if ops else 'all'} ({first.name})") for ops in op_sets]
-        op_ok = [r for r in op_rows if "error" not in r]
-        # The largest op set (most INT8 arithmetic, fastest) unless a smaller one agrees clearly better.
-        op_ok.sort(key=lambda r: -(len(r["op_types"]) if r["op_types"] else 10 ** 6))
-        op_best = op_ok[0] if op_ok else {"op_types": None}
-        for r in op_ok[1:]:
-            if r["mask_agreement_iou"] > op_best["mask_agreement_iou"] + args.min_agreement_gain:
-                op_best = r
+        op_best = _fastest_good(op_rows, args.agreement_tolerance) or {"op_types": None}
         op_types = op_best["op_types"]
         compared = []
         for scheme in args.schemes.split(","):
@@ -218,12 +238,25 @@ def main(argv: list[str] | None = None) -> int:
         if not usable:
             print("error: every quantization scheme failed; see above", file=sys.stderr)
             return 1
-        best = max(usable, key=lambda r: (r["mask_agreement_iou"], r["logit_sqnr_db"]))
+        best = _fastest_good(usable, args.agreement_tolerance)
         best_cfg = QuantConfig(best["scheme"], best["method"])
         quantize_image_graph(pre, tmp / f"{best_cfg.name}.onnx", reader(pairs[:args.compare_n]), best_cfg,
                              op_types=op_types)
         sensitivity = sensitivity_report(pre, tmp / f"{best_cfg.name}.onnx", reader(pairs[:args.sensitivity_n]))
-        exclude = sorted({r["node"] for r in sensitivity if r["qdq_sqnr_db"] < args.sqnr_threshold and r["node"] != "?"})
+        proposed = sorted({r["node"] for r in sensitivity if r["qdq_sqnr_db"] < args.sqnr_threshold and r["node"] != "?"})
+        # The report proposes; the end-to-end agreement and latency decide whether keeping those
+        # nodes in float is worth it (a low SQNR at a ReLU output, say, may not matter for the mask).
+        exclude, exclusion_trial = [], None
+        if proposed:
+            path = quantize_image_graph(pre, tmp / "excluded.onnx", reader(pairs[:args.compare_n]), best_cfg,
+                                        proposed, op_types)
+            session = _session(path, args.threads)
+            exclusion_trial = {**agreement(reference, session, feeds), "ms": latency_ms(session, feeds[0]),
+                               "nodes": proposed}
+            print(f"{'with ' + str(len(proposed)) + ' node(s) in float':<32} mask agreement "
+                  f"{exclusion_trial['mask_agreement_iou']:.4f}  {exclusion_trial['ms']:.1f} ms", flush=True)
+            if _fastest_good([best, exclusion_trial], args.agreement_tolerance) is exclusion_trial:
+                exclude = proposed
         print(f"best {best_cfg.name}; keeping {len(exclude)} node(s) in float: {exclude}", flush=True)
         quantize_image_graph(pre, tmp / INT8_FILE, reader(final_pairs), best_cfg, exclude, op_types)
         final = agreement(reference, _session(tmp / INT8_FILE, args.threads), feeds)
@@ -243,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                          "calibration": best_cfg.method, "calibration_pairs": len(final_pairs),
                          "calibration_set": str(args.calib), "nodes_in_float": exclude,
                          "op_types": op_types or "all", "op_sets_compared": op_rows,
+                         "exclusion_trial": exclusion_trial,
                          "sqnr_threshold_db": args.sqnr_threshold, "compared": compared,
                          "holdout_agreement": final},
     }

@@ -100,3 +100,11 @@ def test_non_ascii_phrases_segment(seg):
     for phrase in ("la tasse rouge à gauche", "красная чашка", "赤いマグカップ", "🍵 cup"):
         r = seg.segment(image, phrase)
         assert r.phrase == phrase and r.mask.shape == (64, 64)
+
+
+def test_long_side_override_runs_the_graph_smaller(bundle):
+    seg = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, long_side=320)
+    r = seg.segment(np.zeros((480, 640, 3), np.uint8), "the red mug")
+    assert seg.long_side == 320 and r.mask.shape == (480, 640)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, long_side=300)
