@@ -111,9 +111,10 @@ class Segmenter:
         text_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         self._text = ort.InferenceSession(str(self.bundle / self.manifest["graphs"]["text"]["file"]), text_options,
                                           providers=providers)
-        # No memory arena for the image graph: the arena keeps the peak of every activation
-        # (~150 MB at 640x480) for the life of the process; without it the memory goes back.
-        options.enable_cpu_mem_arena = False
+        # Keep the memory arena (turning it off cost 25 % speed) but not the memory pattern: the
+        # pre-planned pattern holds every activation's peak at once (peak RSS of a 640x480 run:
+        # 294 MB with it, 223 MB without, at the same 62 ms per frame on this machine).
+        options.enable_mem_pattern = False
         self._image = ort.InferenceSession(str(self.bundle / images[precision]["file"]), options, providers=providers)
         self._text_outputs = self.manifest["graphs"]["text"]["outputs"]
         tok = self.manifest["tokenizer"]

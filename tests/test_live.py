@@ -276,7 +276,7 @@ def test_bench_prints_a_table_and_a_json_last_line(bundle, capsys):
         assert key in report
     assert report["precision"] == "fp32" and report["threads"] == 1
     assert report["frame_hw"] == [96, 128]
-    assert report["input_hw"] == [480, 640]  # a 4:3 frame runs at 640x480, not padded to a square
+    assert report["input_hw"] == [96, 128]  # --size sets the model input; a 4:3 frame is not padded to a square
     assert report["text_cached_p50_ms"] < report["text_p50_ms"]
     assert any(line.startswith("image graph") for line in out)
 
