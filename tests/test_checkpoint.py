@@ -65,7 +65,8 @@ def test_committed_student_checkpoint_loads():
 
     ckpt = Path(__file__).resolve().parents[1] / "checkpoints" / "stdc1-minilm-shaperef"
     model, tok, meta = load_checkpoint(ckpt)
-    assert model.config.name == "stdc1-minilm" and meta["step"] == 1200
+    assert model.config.name == "stdc1-minilm" and meta["step"] == 4200  # 1200 distilled + 3000 fine-tune
+    assert meta["distilled"]["step"] == 1200 and meta["fine_tune"]["args"]["steps"] == 3000
     assert meta["metrics_shaperef_val_640"]["n"] == 1000
     ids, mask = tok("the red circle on the left")
     with torch.no_grad():
