@@ -97,25 +97,20 @@ class Segmenter:
             raise BundleError(f"{self.bundle}: no {precision} image graph (has {', '.join(sorted(images))})")
         self.precision = precision
         self.threads = threads or physical_cores()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        # Spinning threads would starve the camera grabber and the HTTP server of CPU.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         # The text graph runs once per new phrase, so it is left unoptimised: constant folding
         # would turn its fp16-stored weights into a second, fp32 copy (~45 MB more resident).
-        text_options = ort.SessionOptions()
-        text_options.intra_op_num_threads, text_options.inter_op_num_threads = self.threads, 1
-        text_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        text_options = self._session_options()
         text_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         self._text = ort.InferenceSession(str(self.bundle / self.manifest["graphs"]["text"]["file"]), text_options,
                                           providers=providers)
         # Keep the memory arena (turning it off cost 25 % speed) but not the memory pattern: the
         # pre-planned pattern holds every activation's peak at once (peak RSS of a 640x480 run:
         # 294 MB with it, 223 MB without, at the same 62 ms per frame on this machine).
-        options.enable_mem_pattern = False
-        self._image = ort.InferenceSession(str(self.bundle / images[precision]["file"]), options, providers=providers)
+        image_options = self._session_options()
+        image_options.enable_mem_pattern = False
+        self._image = ort.InferenceSession(str(self.bundle / images[precision]["file"]), image_options,
+                                           providers=providers)
         self._text_outputs = self.manifest["graphs"]["text"]["outputs"]
         tok = self.manifest["tokenizer"]
         self.max_tokens = int(tok["max_tokens"])
@@ -132,6 +127,15 @@ class Segmenter:
         self.stride = int(self.manifest["output"]["stride"])
         self.threshold = float(self.manifest["output"]["threshold"])
         self._cache: OrderedDict[str, dict] = OrderedDict()
+
+    def _session_options(self):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = self.threads, 1
+        # Spinning threads would starve the camera grabber and the HTTP server of CPU.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return options
 
     @classmethod
     def from_bundle(cls, path: str | Path | None = None, precision: str = "auto", threads: int | None = None,

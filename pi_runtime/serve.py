@@ -92,6 +92,11 @@ class PreviewServer:
             self._cond.wait_for(lambda: self._seq > after or self.closed.is_set(), timeout)
             return self._seq, self._jpeg
 
+    def latest(self) -> tuple[int, bytes | None]:
+        """The newest frame's sequence number and JPEG (None before the first frame)."""
+        with self._cond:
+            return self._seq, self._jpeg
+
     def status(self) -> dict:
         with self._cond:
             return dict(self._status)
@@ -126,7 +131,7 @@ class PreviewServer:
                 elif path == "/status":
                     self._send(200, json.dumps(server.status()).encode(), "application/json")
                 elif path == "/frame.jpg":
-                    _, jpeg = server.next_frame(-1 if server._jpeg is None else server._seq - 1)
+                    _, jpeg = server.latest()
                     if jpeg is None:
                         self._send(503, b"no frame yet\n", "text/plain")
                     else:
@@ -141,7 +146,8 @@ class PreviewServer:
                 self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
                 self.send_header("Cache-Control", "no-store")
                 self.end_headers()
-                seq = 0 if server._jpeg is None else server._seq - 1
+                seq, jpeg = server.latest()
+                seq = seq - 1 if jpeg is not None else seq  # send the frame we have, then each new one
                 try:
                     while not server.closed.is_set():
                         new, jpeg = server.next_frame(seq)

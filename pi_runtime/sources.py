@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pi_runtime.batch import IMAGE_SUFFIXES
 from pi_runtime.preprocess import ImageError, load_image
 
 __all__ = ["CameraError", "PicameraSource", "OpenCVSource", "ImageFolderSource", "FrameGrabber", "open_source",
-           "IMAGE_SUFFIXES", "VIDEO_SUFFIXES"]
+           "VIDEO_SUFFIXES"]
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".h264", ".mjpg", ".mjpeg", ".webm"}
 
 
@@ -101,7 +101,6 @@ class OpenCVSource:
         except ImportError as exc:
             raise CameraError(f"--source {spec}: videos and webcams need OpenCV (pip install opencv-python-headless);"
                               f" a folder of images needs nothing more") from exc
-        self._cv2 = cv2
         self.live = spec.startswith("/dev/video")
         self._cap = cv2.VideoCapture(int(spec.removeprefix("/dev/video")) if self.live else spec)
         if not self._cap.isOpened():
@@ -178,7 +177,6 @@ class FrameGrabber:
         self.dropped = 0
         self.error: BaseException | None = None
         self._frame: np.ndarray | None = None
-        self._index = 0
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="frame-grabber", daemon=True)

@@ -12,6 +12,7 @@ import json
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,7 +103,7 @@ def watch_stdin(box: PhraseBox, stream=None, log=sys.stderr) -> threading.Thread
     return thread
 
 
-def _rate(times: list[float]) -> float:
+def _rate(times) -> float:
     return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
 
 
@@ -115,8 +116,8 @@ def run_stream(seg: Segmenter, source, box: PhraseBox, *, json_out=None, preview
     read = grabber.read if grabber else source.read
     if save_dir:
         save_dir.mkdir(parents=True, exist_ok=True)
-    times: list[float] = []
-    latencies: list[float] = []
+    times: deque[float] = deque(maxlen=30)      # the last 30 frames give FPS and median latency
+    latencies: deque[float] = deque(maxlen=30)
     frame_no = 0
     try:
         while not (stop and stop.is_set()) and (max_frames is None or frame_no < max_frames):
@@ -128,8 +129,8 @@ def run_stream(seg: Segmenter, source, box: PhraseBox, *, json_out=None, preview
             result = seg.segment(frame, phrase)
             latency = (time.perf_counter() - t0) * 1e3
             now = time.time()
-            times = (times + [time.perf_counter()])[-30:]
-            latencies = (latencies + [latency])[-30:]
+            times.append(time.perf_counter())
+            latencies.append(latency)
             report = FrameReport(frame_no, round(now, 3), phrase, result.found, round(result.score, 4),
                                  list(result.bbox) if result.bbox else None,
                                  [round(c, 1) for c in result.centroid] if result.centroid else None,

@@ -22,11 +22,11 @@ import numpy as np
 from PIL import Image
 
 from pi_runtime.files import atomic_write
+from pi_runtime.batch import IMAGE_SUFFIXES
 from pi_runtime.preprocess import ImageError, load_image
 
 __all__ = ["main", "camera_frames", "folder_frames"]
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def camera_frames(n: int, every: float, size: tuple[int, int] = (640, 480)):
