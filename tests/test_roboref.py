@@ -1,0 +1,134 @@
+"""eris.data.roboref: deterministic PyBullet scenes, unique expressions, exact masks, settled objects."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pybullet", reason="RoboRef needs pybullet (the [train] extra)")
+
+from eris.data import roboref  # noqa: E402
+from eris.data.expressions import flip_phrase  # noqa: E402
+from eris.data.roboref import (CATEGORIES, COLOURS, MIN_PIXELS, MIN_VISIBLE, get_sample, main,  # noqa: E402
+                               place_scene, render_sequence)
+from eris.data.roboref_expressions import ROBOREF_KINDS, WRAPPERS, template_count  # noqa: E402
+
+SIDE = 128
+NOUNS = {noun: cat for cat, (nouns, _, _) in CATEGORIES.items() for noun in nouns}
+NOUN_RE = re.compile(r"\b(" + "|".join(sorted(NOUNS, key=len, reverse=True)) + r")\b")
+COLOUR_RE = re.compile(r"\b(" + "|".join(COLOURS) + r")\b")
+
+
+def _np(phrase: str) -> str:
+    """The noun phrase without its imperative/question wrapper ("can you see ..." names no can)."""
+    for prefix in sorted((w.split("{np}")[0] for w in WRAPPERS), key=len, reverse=True):
+        if prefix and phrase.startswith(prefix):
+            return phrase[len(prefix):]
+    return phrase
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return [get_sample("val", i, long_side=SIDE) for i in range(120)]
+
+
+def test_same_arguments_same_sample():
+    a, b = get_sample("val", 7, long_side=SIDE), get_sample("val", 7, long_side=SIDE)
+    assert a.phrase == b.phrase and a.kind == b.kind and a.target == b.target
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+    c = get_sample("val", 7, seed=1, long_side=SIDE)
+    assert c.phrase != a.phrase or not np.array_equal(c.image, a.image)
+
+
+def test_kinds_and_absent_targets(samples):
+    kinds = {s.kind for s in samples}
+    assert kinds <= set(ROBOREF_KINDS) and len(kinds) >= 6
+    absent = [s for s in samples if s.kind == "absent"]
+    assert 3 <= len(absent) <= 25  # about 10 %
+    for s in absent:
+        assert s.target is None and not s.mask.any()
+        colour, noun = COLOUR_RE.search(_np(s.phrase)), NOUN_RE.search(_np(s.phrase))
+        cat = NOUNS[noun.group(1)]
+        # nothing in the scene, seen or not, is what the phrase names
+        assert not any(o.category == cat and (colour is None or o.colour == colour.group(1))
+                       for o in s.scene.objects)
+    assert template_count() >= 40
+
+
+def test_present_targets_are_visible_and_the_only_match(samples):
+    for s in samples:
+        if s.kind == "absent":
+            continue
+        objs = s.scene.objects
+        t = objs[s.target]
+        assert t.pixels >= MIN_PIXELS and t.visible >= MIN_VISIBLE and s.mask.any(), s.phrase
+        if s.kind in ("colour", "category", "colour+category"):
+            colour, noun = COLOUR_RE.search(_np(s.phrase)), NOUN_RE.search(_np(s.phrase))
+            matching = [i for i, o in enumerate(objs) if o.pixels >= MIN_PIXELS
+                        and (colour is None or o.colour == colour.group(1))
+                        and (noun is None or o.category == NOUNS[noun.group(1)])]
+            assert matching == [s.target], s.phrase
+        if s.kind == "location" and ("leftmost" in s.phrase or "on the left" in s.phrase):
+            noun = NOUN_RE.search(_np(s.phrase))
+            same = [o for o in objs if o.pixels >= MIN_PIXELS and (noun is None or o.category == NOUNS[noun.group(1)])
+                    and (not COLOUR_RE.search(s.phrase) or o.colour == COLOUR_RE.search(s.phrase).group(1))]
+            assert min(same, key=lambda o: o.cx) is t, s.phrase
+
+
+def test_mask_is_exactly_the_targets_pixels():
+    """Without shadows, removing the target changes the pixels inside its mask and no other."""
+    s = next(s for s in (get_sample("val", i, long_side=SIDE) for i in range(20)) if s.target is not None)
+    sim = roboref._sim()
+    bodies = roboref._build(sim, s.scene, place=False)
+    w, h = s.scene.size_at(SIDE)
+    with_target, seg = roboref._render(sim, s.scene, w, h, shadows=False)
+    assert np.array_equal(roboref._object_mask(seg, bodies[s.target]), s.mask)
+    sim["p"].resetBasePositionAndOrientation(bodies[s.target], [50, 50, 0], [0, 0, 0, 1])
+    without, _ = roboref._render(sim, s.scene, w, h, shadows=False)
+    changed = np.any(with_target != without, axis=2)
+    assert not changed[~s.mask].any()
+    assert changed[s.mask].mean() > 0.9
+
+
+def test_settled_objects_rest_on_something():
+    """After the physics run every object touches the surface or another object, sinks into
+    nothing by more than 5 mm and touches nothing below the surface (world AABBs of rotated meshes
+    are loose and mesh origins are not centres, so contacts are what is checked)."""
+    for i in range(6):
+        scene, bodies = place_scene(roboref._rng("val", i, 3))
+        p, cid = roboref._sim()["p"], roboref._sim()["cid"]
+        for obj, body in zip(scene.objects, bodies):
+            contacts = p.getContactPoints(bodyA=body, physicsClientId=cid)
+            assert contacts, f"{obj.category} floats"
+            assert min(c[8] for c in contacts) > -0.005, f"{obj.category} sinks into something"
+            assert min(c[5][2] for c in contacts) > -0.005, f"{obj.category} touches below the surface"
+
+
+def test_flip_rewrites_left_right_but_not_depth():
+    assert flip_phrase("pick up the leftmost duck closest to me") == "pick up the rightmost duck closest to me"
+    assert flip_phrase("the mug left of the red ball") == "the mug right of the red ball"
+    assert flip_phrase("the second cube from the right") == "the second cube from the left"
+    assert flip_phrase("the ball behind the cup, at the back") == "the ball behind the cup, at the back"
+
+
+def test_sequence_renders_frames_of_one_scene(tmp_path):
+    paths = render_sequence(tmp_path / "seq", frames=3, long_side=96)
+    assert [p.name for p in paths] == ["frame_0000.jpg", "frame_0001.jpg", "frame_0002.jpg"]
+    assert json.loads((tmp_path / "seq" / "scene.json").read_text())["objects"]
+
+
+def test_cli_writes_samples_with_kinds(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "val"), "--split", "val", "--n", "2", "--long-side", "96"]) == 0
+    lines = [json.loads(l) for l in (tmp_path / "val" / "manifest.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(l["kind"] in ROBOREF_KINDS for l in lines)
+    assert all((tmp_path / "val" / l["image"]).is_file() and (tmp_path / "val" / l["mask"]).is_file() for l in lines)
+
+
+def test_runtime_never_needs_pybullet():
+    from importlib.metadata import requires
+
+    reqs = requires("eris-pi")
+    base = [r for r in reqs if "extra ==" not in r]
+    train = [r for r in reqs if 'extra == "train"' in r]
+    assert not any(r.startswith("pybullet") for r in base) and any(r.startswith("pybullet") for r in train)
