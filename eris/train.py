@@ -28,7 +28,7 @@ from tqdm import tqdm
 from eris.builder import build_model, build_tokenizer
 from eris.checkpoint import load_checkpoint, save_checkpoint
 from eris.config import CONFIGS, get_config
-from eris.data.datasets import Collate, RefCocoTrain, ShapeRefTrain, StepBatchSampler, eval_samples
+from eris.data.datasets import Collate, RefCocoTrain, StepBatchSampler, eval_samples, parse_mixture, train_dataset
 from eris.evaluate import evaluate
 from eris.losses import mask_loss
 
@@ -41,7 +41,11 @@ def build_parser(prog: str = "python -m eris.train", description: str | None = N
                     help=f"model config: {', '.join(sorted(CONFIGS))}, or a config .json file")
     ap.add_argument("--init", help="start from this checkpoint's weights instead of a fresh model")
     ap.add_argument("--backbone-weights", help="official STDC ImageNet checkpoint for the backbone")
-    ap.add_argument("--data", default="shapes", choices=["shapes", "refcoco"], help="training data")
+    ap.add_argument("--data", default="shapes",
+                    help="training data: shapes, roboref, a mixture (shapes+roboref, or weighted shapes:1+roboref:3), "
+                         "or refcoco")
+    ap.add_argument("--val-data", default=None,
+                    help="validation set (shapes, roboref or refcoco; default: the first of --data)")
     ap.add_argument("--data-root", help="refcoco: directory with the refer annotations and images")
     ap.add_argument("--dataset", default="refcoco", choices=["refcoco", "refcoco+", "refcocog"], help="refcoco family")
     ap.add_argument("--split-by", default=None, help="refcoco: unc (default) or umd (refcocog)")
@@ -103,9 +107,9 @@ class _Dist:
 
 
 def _dataset(args, tokenizer):
-    if args.data == "shapes":
-        scale = (args.scale_min or 0.6, args.scale_max or 1.0)
-        return ShapeRefTrain(args.size, args.seed, scale_range=scale)
+    if args.data != "refcoco":
+        scale = (args.scale_min, args.scale_max) if args.scale_min and args.scale_max else None
+        return train_dataset(args.data, args.size, args.seed, scale)
     from eris.data.refcoco import RefCoco
 
     split_by = args.split_by or ("umd" if args.dataset == "refcocog" else "unc")
@@ -114,7 +118,8 @@ def _dataset(args, tokenizer):
 
 
 def _validate(model, tokenizer, args, device) -> dict:
-    samples = eval_samples(args.data, "val", args.val_n, args.data_root, args.dataset,
+    data = args.val_data or (parse_mixture(args.data)[0][0] if args.data != "refcoco" else "refcoco")
+    samples = eval_samples(data, "val", args.val_n, args.data_root, args.dataset,
                            args.split_by or ("umd" if args.dataset == "refcocog" else "unc"), args.seed)
     return evaluate(model, tokenizer, samples, args.val_size or args.size, device)
 

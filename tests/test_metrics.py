@@ -31,3 +31,25 @@ def test_both_empty_counts_as_agreement_and_shapes_must_match():
         intersection_union(np.zeros((2, 2)), np.zeros((3, 3)))
     with pytest.raises(ValueError):
         summarize([])
+
+
+def test_per_kind_counts_and_mean_add_up_to_the_overall():
+    from eris.metrics import summarize_by_kind
+
+    pairs = [(5, 10), (0, 4), (3, 3), (1, 8), (0, 0)]
+    kinds = ["colour", "relation", "colour", "ordinal", "absent"]
+    overall, by_kind = summarize(pairs), summarize_by_kind(pairs, kinds)
+    assert sum(m["n"] for m in by_kind.values()) == overall["n"]
+    weighted = sum(m["mIoU"] * m["n"] for m in by_kind.values()) / overall["n"]
+    assert weighted == pytest.approx(overall["mIoU"])
+    assert by_kind["colour"]["mIoU"] == pytest.approx(75.0) and by_kind["absent"]["mIoU"] == 100.0
+    with pytest.raises(ValueError):
+        summarize_by_kind(pairs, kinds[:2])
+
+
+def test_found_rates():
+    from eris.metrics import found_rates
+
+    r = found_rates([True, False, True, False, False], [True, True, True, False, False])
+    assert r["present_found"] == pytest.approx(200 / 3) and r["absent_rejected"] == 100.0
+    assert found_rates([True], [True])["absent_rejected"] is None

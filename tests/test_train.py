@@ -130,3 +130,36 @@ def test_evaluate_cli_prints_metrics_json(tiny_config_file, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["n"] == 3 and 0 <= result["mIoU"] <= 100
     assert set(result) >= {"mIoU", "oIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9"}
+
+
+def test_roboref_mixture_trains_and_evaluates_by_kind(tiny_config_file, tmp_path, capsys):
+    pytest.importorskip("pybullet", reason="RoboRef needs pybullet (the [train] extra)")
+    assert train_main(_args(tiny_config_file, tmp_path / "run", 2, "--data", "shapes:1+roboref:1",
+                            "--val-data", "roboref")) == 0
+    log = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert "by_kind" in log[-1]["val"]
+    capsys.readouterr()
+    assert evaluate_main(["--checkpoint", str(tmp_path / "run"), "--data", "shapes", "--split", "val",
+                          "--n", "6", "--size", "64"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert sum(m["n"] for m in result["by_kind"].values()) == result["n"] == 6
+
+
+def test_mixture_spec_is_checked():
+    from eris.data.datasets import MixtureTrain, parse_mixture
+
+    assert parse_mixture("shapes") == [("shapes", 1.0)]
+    assert parse_mixture("shapes:1+roboref:3") == [("shapes", 1.0), ("roboref", 3.0)]
+    for bad in ("coco", "shapes:x", "shapes:-1"):
+        with pytest.raises(ValueError, match="--data"):
+            parse_mixture(bad)
+    class Named:  # an unlimited source that answers its own name
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, index):
+            return self.name
+
+    mix = MixtureTrain([Named("a"), Named("b")], [1, 3], seed=0)
+    picks = [mix[i] for i in range(400)]
+    assert 0.65 < picks.count("b") / 400 < 0.85 and picks == [mix[i] for i in range(400)]

@@ -157,7 +157,12 @@ def load_imagenet_weights(backbone: STDCNet, path: str | Path) -> LoadReport:
     """
     path = Path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":  # e.g. the output of python -m eris.backbone_distill
+            from safetensors.torch import load_file
+
+            ckpt = load_file(str(path))
+        else:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - surface any unpickling problem with the path
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None

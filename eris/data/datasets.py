@@ -13,15 +13,17 @@ from eris.data.shapes import SPLIT_SIZES, get_sample
 from eris.data.transforms import random_scale_pad_flip
 from eris.text.tokenizer import PhraseTokenizer
 
-__all__ = ["EvalSample", "ShapeRefTrain", "RefCocoTrain", "eval_samples", "Collate", "StepBatchSampler"]
+__all__ = ["EvalSample", "ShapeRefTrain", "RefCocoTrain", "MixtureTrain", "train_dataset", "parse_mixture",
+           "eval_samples", "Collate", "StepBatchSampler"]
 
 
 @dataclass
 class EvalSample:
     id: str
     image: np.ndarray   # H x W x 3 uint8 RGB, original resolution
-    mask: np.ndarray    # H x W bool
+    mask: np.ndarray    # H x W bool (all False for an absent target)
     phrase: str
+    kind: str | None = None   # phrase kind, where the dataset records it (per-kind reports)
 
 
 def _to_item(image: np.ndarray, mask: np.ndarray, phrase: str) -> dict:
@@ -66,6 +68,61 @@ class RefCocoTrain(Dataset):
         return _to_item(image, mask, phrase)
 
 
+class MixtureTrain(Dataset):
+    """Index ``i`` draws its source from ``weights`` with a generator seeded by ``(seed, i)`` and
+    reads that source's sample ``i`` (sources are unlimited), so a resumed run sees the same stream."""
+
+    def __init__(self, sources: list[Dataset], weights: list[float], seed: int = 0):
+        if len(sources) != len(weights) or not sources or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"a mixture needs one non-negative weight per source, got {weights}")
+        self.sources, self.seed = sources, seed
+        self.cdf = np.cumsum(np.asarray(weights, float) / sum(weights))
+
+    def __len__(self) -> int:
+        return 10 ** 9
+
+    def __getitem__(self, index: int) -> dict:
+        u = np.random.default_rng([self.seed, 104729, index]).random()
+        k = min(int(np.searchsorted(self.cdf, u, side="right")), len(self.sources) - 1)
+        return self.sources[k][index]
+
+
+def parse_mixture(spec: str) -> list[tuple[str, float]]:
+    """``"shapes"`` -> [("shapes", 1)]; ``"shapes+roboref"`` equal weights; ``"shapes:1+roboref:3"`` weighted."""
+    parts = []
+    for item in spec.split("+"):
+        name, _, weight = item.partition(":")
+        if name not in SYNTHETIC_DATA:
+            raise ValueError(f"--data {spec!r}: unknown dataset {name!r}; choose from {', '.join(SYNTHETIC_DATA)}")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"--data {spec!r}: weight {weight!r} of {name} is not a number") from None
+        if w < 0:
+            raise ValueError(f"--data {spec!r}: weight of {name} is negative")
+        parts.append((name, w))
+    return parts
+
+
+SYNTHETIC_DATA = ("shapes", "roboref")
+
+
+def _synthetic(name: str, size: int, seed: int, scale_range=None) -> Dataset:
+    if name == "shapes":
+        return ShapeRefTrain(size, seed, scale_range=scale_range or (0.6, 1.0))
+    from eris.data.roboref import RoboRefTrain
+
+    return RoboRefTrain(size, seed, scale_range=scale_range or (0.75, 1.0))
+
+
+def train_dataset(spec: str, size: int, seed: int = 0, scale_range=None) -> Dataset:
+    """The training stream for ``--data`` (``shapes``, ``roboref`` or a mixture, see :func:`parse_mixture`)."""
+    parts = parse_mixture(spec)
+    if len(parts) == 1:
+        return _synthetic(parts[0][0], size, seed, scale_range)
+    return MixtureTrain([_synthetic(n, size, seed, scale_range) for n, _ in parts], [w for _, w in parts], seed)
+
+
 def eval_samples(data: str, split: str, n: int | None = None, data_root=None, dataset: str = "refcoco",
                  split_by: str = "unc", seed: int = 0) -> Iterator[EvalSample]:
     """Evaluation samples at their original resolution (ShapeRef: long side 640)."""
@@ -75,7 +132,11 @@ def eval_samples(data: str, split: str, n: int | None = None, data_root=None, da
             raise ValueError(f"ShapeRef has no fixed {split!r} split; use val or test")
         for i in range(min(n or total, total)):
             s = get_sample(split, i, seed, long_side=640)
-            yield EvalSample(s.id, s.image, s.mask, s.phrase)
+            yield EvalSample(s.id, s.image, s.mask, s.phrase, s.kind)
+    elif data == "roboref":
+        from eris.data.roboref import eval_samples as roboref_samples
+
+        yield from roboref_samples(split, n, seed)
     elif data == "refcoco":
         from eris.data.refcoco import RefCoco
 
@@ -84,7 +145,7 @@ def eval_samples(data: str, split: str, n: int | None = None, data_root=None, da
             s = refer.sample(i)
             yield EvalSample(s.id, s.image, s.mask, s.phrase)
     else:
-        raise ValueError(f"unknown data {data!r}; choose shapes or refcoco")
+        raise ValueError(f"unknown data {data!r}; choose shapes, roboref or refcoco")
 
 
 class Collate:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Expression", "resolve", "generate_expression", "realise", "flip_phrase", "TEMPLATES"]
+__all__ = ["Expression", "phrase_kind", "PHRASE_KINDS", "resolve", "generate_expression", "realise", "flip_phrase", "TEMPLATES"]
 
 GENERIC_NOUNS = ("object", "shape", "thing")
 SIZE_RATIO = 1.5       # size words need this ratio of extents (linear size)
@@ -65,6 +65,21 @@ class Expression:
     relation: str | None = None
     ref_colour: str | None = None  # relation: the reference object's description (unique on its own)
     ref_shape: str | None = None
+
+
+PHRASE_KINDS = ("colour", "shape", "colour+shape", "size", "location", "superlative", "ordinal", "relation")
+
+
+def phrase_kind(expr: Expression) -> str:
+    """The kind used in per-kind reports: attributes split by what they name (colour only, shape
+    only, both, a size word), the other kinds as they are."""
+    if expr.kind != "attribute":
+        return expr.kind
+    if expr.size:
+        return "size"
+    if expr.colour and expr.shape:
+        return "colour+shape"
+    return "colour" if expr.colour else "shape"
 
 
 def _matches(obj, colour, shape) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from eris.data.expressions import Expression, generate_expression
+from eris.data.expressions import Expression, generate_expression, phrase_kind
 from pi_runtime.files import atomic_write_bytes
 
 __all__ = ["SceneObject", "Scene", "ShapeRefSample", "SPLITS", "SHAPES", "COLOURS", "ASPECTS",
@@ -86,9 +86,14 @@ class ShapeRefSample:
     def id(self) -> str:
         return f"{self.split}-{self.index:06d}"
 
+    @property
+    def kind(self) -> str:
+        """Phrase kind for per-kind reports (:func:`eris.data.expressions.phrase_kind`)."""
+        return phrase_kind(self.expression)
+
     def describe(self) -> dict:
         """JSON-ready scene description."""
-        return {"id": self.id, "phrase": self.phrase, "target": self.target,
+        return {"id": self.id, "phrase": self.phrase, "kind": self.kind, "target": self.target,
                 "expression": asdict(self.expression),
                 "objects": [asdict(o) for o in self.scene.objects], "background": self.scene.background}
 
