@@ -15,7 +15,8 @@ setup(
     packages=find_packages(include=["eris", "eris.*", "convert", "convert.*", "quantize", "quantize.*",
                                     "pi_runtime", "pi_runtime.*"]),
     # The default model ships inside the package, so `pip install .` carries it (see convert/, quantize/).
-    package_data={"pi_runtime": ["bundles/default/*.json", "bundles/default/*.onnx", "bundles/default/*.md"]},
+    package_data={"pi_runtime": ["bundles/default/*.json", "bundles/default/*.onnx", "bundles/default/*.md",
+                                 "bundles/default/*.sha256"]},
     install_requires=[
         "numpy>=1.24",
         "pillow>=10",

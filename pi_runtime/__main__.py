@@ -23,7 +23,9 @@ import json
 import sys
 from pathlib import Path
 
-from pi_runtime.batch import Item, unique_ids, expand_inputs, read_manifest, run_batch
+from pi_runtime.batch import BatchLockedError, DiskFullError, Item, expand_inputs, read_manifest, run_batch
+from pi_runtime.phrases import PhraseError, check_phrase
+from pi_runtime.preprocess import DEFAULT_MAX_PIXELS
 from pi_runtime.bundle import BundleError
 from pi_runtime.segmenter import Segmenter
 
@@ -54,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: physical cores)")
     ap.add_argument("--long-side", type=int, default=None,
                     help="model input long side (default: the bundle's, 640; 320 is ~4x faster and less exact)")
+    ap.add_argument("--max-pixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
+                    help="refuse images larger than this many megapixels, from the header, before decoding "
+                         f"(default {DEFAULT_MAX_PIXELS / 1e6:g}: what a 4 GB Pi can decode beside the model)")
     return ap
 
 
@@ -66,8 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         from pi_runtime.doctor import main as doctor_main
         return doctor_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.max_pixels <= 0:
+        print(f"error: --max-pixels {args.max_pixels:g}: must be positive", file=sys.stderr)
+        return 2
     if args.camera or args.source:
         return run_live(args)
+    # Arguments and inputs are checked before the model loads (seconds on a Pi).
     if args.output is None:
         print("error: --output: batch mode needs an output directory", file=sys.stderr)
         return 2
@@ -79,26 +88,43 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         items, errors = read_manifest(manifest)
     else:
-        if not args.text or not args.text.strip():
-            print("error: --text: the phrase is empty (give --text \"the red mug\")", file=sys.stderr)
+        try:
+            phrase = check_phrase(args.text if args.text is not None else "")
+        except PhraseError as exc:
+            print(f"error: --text: {exc} (give --text \"the red mug\")", file=sys.stderr)
             return 2
         paths = expand_inputs(args.input)
         if not paths:
             print(f"error: --input {' '.join(args.input)}: no images found", file=sys.stderr)
             return 2
-        items = [Item(i, p, args.text) for i, p in zip(unique_ids(paths), paths)]
+        items = [Item(None, p, phrase) for p in paths]
     try:
         seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side)
     except (BundleError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    summary = run_batch(seg, items, args.output, overlays=args.overlay, errors=errors)
+    try:
+        summary = run_batch(seg, items, args.output, overlays=args.overlay, errors=errors,
+                            max_pixels=int(args.max_pixels * 1e6))
+    except BatchLockedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DiskFullError as exc:
+        print(f"error: {exc.strerror}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    accuracy = summary.get("accuracy")
+    if accuracy:
+        print(f"accuracy: mIoU {accuracy['mIoU']:.2f} over {accuracy['n']} items with ground truth", file=sys.stderr)
+        for kind, m in accuracy.get("by_kind", {}).items():
+            print(f"  {kind:<16} n={m['n']:<5} mIoU={m['mIoU']:.2f}", file=sys.stderr)
     print(json.dumps({k: v for k, v in summary.items() if k != "errors"}))
     return 0 if summary["failed"] == 0 else 1
 
 
 def run_live(args) -> int:
-    from pi_runtime.segmenter import PhraseError
     from pi_runtime.sources import CameraError, open_source
     from pi_runtime.stream import PhraseBox, run_stream, watch_stdin
 
@@ -112,10 +138,15 @@ def run_live(args) -> int:
     except ValueError:
         print(f"error: --capture-size {args.capture_size}: expected WxH, e.g. 640x480", file=sys.stderr)
         return 2
+    try:  # the source first: a missing camera is reported before the model loads
+        source = open_source(args.source, args.camera, (width, height))
+    except (CameraError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side)
-        source = open_source(args.source, args.camera, (width, height))
-    except (BundleError, CameraError, ValueError) as exc:
+    except (BundleError, ValueError) as exc:
+        source.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     preview = None

@@ -15,9 +15,13 @@ import numpy as np
 
 from pi_runtime.files import atomic_write_bytes
 
-__all__ = ["FORMAT_VERSION", "BundleError", "sha256", "write_manifest", "load_manifest", "check_files", "verify_bundle"]
+__all__ = ["FORMAT_VERSION", "BundleError", "sha256", "write_manifest", "load_manifest", "validate_manifest",
+           "check_files", "check_graph_io", "verify_bundle", "MANIFEST_HASH"]
 
 FORMAT_VERSION = 1
+MANIFEST_HASH = "manifest.sha256"   # sha256 of manifest.json itself, sha256sum's format
+TEXT_INPUTS = ["input_ids", "attention_mask"]
+_HEX = set("0123456789abcdef")
 
 
 class BundleError(RuntimeError):
@@ -33,11 +37,123 @@ def sha256(path: str | Path) -> str:
 
 
 def write_manifest(bundle: Path, manifest: dict) -> Path:
-    """Fills ``files`` with the sha256 of every listed file and writes ``manifest.json`` atomically."""
+    """Fills ``files`` with the sha256 of every listed file, checks the result against the schema,
+    and writes ``manifest.json`` and its own hash (``manifest.sha256``) atomically."""
     manifest = dict(manifest)
     manifest["files"] = {name: {"sha256": sha256(bundle / name), "bytes": (bundle / name).stat().st_size}
                          for name in sorted(manifest["files"])}
-    return atomic_write_bytes(bundle / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+    validate_manifest(manifest, bundle / "manifest.json")
+    data = (json.dumps(manifest, indent=2) + "\n").encode()
+    path = atomic_write_bytes(bundle / "manifest.json", data)
+    atomic_write_bytes(bundle / MANIFEST_HASH, f"{hashlib.sha256(data).hexdigest()}  manifest.json\n".encode())
+    return path
+
+
+def _plain(name) -> bool:
+    """A single file-name component: no directories, no parent, not absolute, no NUL."""
+    return (isinstance(name, str) and bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\x00")
+            and not name.startswith("~"))
+
+
+class _Schema:
+    """Checks one manifest, naming the first key that is wrong (``graphs.image.int8.file: ...``)."""
+
+    def __init__(self, manifest: dict, where: Path):
+        self.m, self.where = manifest, where
+
+    def fail(self, key: str, problem: str):
+        raise BundleError(f"{self.where}: {key}: {problem}")
+
+    def get(self, key: str, kind, parent=None):
+        node = self.m if parent is None else parent
+        name = key.rsplit(".", 1)[-1]
+        if not isinstance(node, dict) or name not in node:
+            self.fail(key, "missing")
+        value = node[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if value is None or isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            self.fail(key, f"must be {' or '.join(k.__name__ for k in kinds)}, got {json.dumps(value)[:40]}")
+        return value
+
+    def number(self, key, parent, lo, hi, integer=False, exclusive=False):
+        v = self.get(key, int if integer else (int, float), parent)
+        if (v <= lo or v >= hi) if exclusive else (v < lo or v > hi):
+            self.fail(key, f"{v} is out of range ({'(' if exclusive else '['}{lo}, {hi}{')' if exclusive else ']'})")
+        return v
+
+    def name(self, key, parent):
+        v = self.get(key, str, parent)
+        if not _plain(v):
+            self.fail(key, f"{v!r} must be a plain file name inside the bundle")
+        return v
+
+    def names(self, key, parent):
+        v = self.get(key, list, parent)
+        if not v or not all(isinstance(x, str) and x for x in v) or len(set(v)) != len(v):
+            self.fail(key, "must be a non-empty list of distinct names")
+        return v
+
+
+def validate_manifest(manifest, where: Path | str = "manifest.json") -> None:
+    """Types, ranges and required keys of a manifest; graph and tokenizer paths must be plain
+    names listed (and hashed) in ``files``. :class:`BundleError` names the wrong key."""
+    where = Path(where)
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{where}: must hold a JSON object")
+    s = _Schema(manifest, where)
+    version = s.get("format_version", int)
+    if version != FORMAT_VERSION:
+        s.fail("format_version", f"bundle format version {version}, this code reads version {FORMAT_VERSION}")
+    pre = s.get("preprocessing", dict)
+    divisor = s.number("preprocessing.size_divisor", pre, 1, 256, integer=True)
+    long_side = s.number("preprocessing.long_side", pre, 2 * divisor, 8192, integer=True)
+    if long_side % divisor:
+        s.fail("preprocessing.long_side", f"{long_side} is not a multiple of size_divisor {divisor}")
+    for key in ("mean", "std"):
+        v = s.get(f"preprocessing.{key}", list, pre)
+        if len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            s.fail(f"preprocessing.{key}", "must be three numbers")
+        if key == "std" and min(v) <= 0:
+            s.fail("preprocessing.std", "must be positive")
+    tok = s.get("tokenizer", dict)
+    tok_file = s.name("tokenizer.file", tok)
+    s.number("tokenizer.max_tokens", tok, 3, 4096, integer=True)
+    out = s.get("output", dict)
+    stride = s.number("output.stride", out, 1, divisor, integer=True)
+    if divisor % stride:
+        s.fail("output.stride", f"{stride} does not divide size_divisor {divisor}")
+    s.number("output.threshold", out, 0, 1, exclusive=True)
+    graphs = s.get("graphs", dict)
+    text = s.get("graphs.text", dict, graphs)
+    graph_files = {"graphs.text.file": s.name("graphs.text.file", text)}
+    if s.names("graphs.text.inputs", text) != TEXT_INPUTS:
+        s.fail("graphs.text.inputs", f"must be {TEXT_INPUTS}")
+    text_outputs = s.names("graphs.text.outputs", text)
+    images = s.get("graphs.image", dict, graphs)
+    if not images:
+        s.fail("graphs.image", "lists no image graph")
+    for precision, spec in images.items():
+        key = f"graphs.image.{precision}"
+        s.get(key, dict, images)
+        graph_files[f"{key}.file"] = s.name(f"{key}.file", spec)
+        inputs = s.names(f"{key}.inputs", spec)
+        missing = [n for n in ["image", "attention_mask", *text_outputs] if n not in inputs]
+        if missing:
+            s.fail(f"{key}.inputs", f"lacks {missing} (the image graph takes the image and the text graph's outputs)")
+        s.names(f"{key}.outputs", spec)
+    files = s.get("files", dict)
+    for name, info in files.items():
+        if not _plain(name):
+            s.fail("files", f"{name!r} must be a plain file name inside the bundle")
+        if not isinstance(info, dict):
+            s.fail(f"files.{name}", "must be an object with sha256 and bytes")
+        digest = s.get(f"files.{name}.sha256", str, info)
+        if len(digest) != 64 or not set(digest) <= _HEX:
+            s.fail(f"files.{name}.sha256", "must be 64 lowercase hex digits")
+        s.number(f"files.{name}.bytes", info, 0, 1 << 40, integer=True)
+    for key, name in [*graph_files.items(), ("tokenizer.file", tok_file)]:
+        if name not in files:
+            s.fail(key, f"{name} is not listed (with its sha256) in files")
 
 
 def load_manifest(bundle: str | Path) -> dict:
@@ -46,13 +162,19 @@ def load_manifest(bundle: str | Path) -> dict:
     path = Path(bundle) / "manifest.json"
     if not path.is_file():
         raise BundleError(f"{path}: missing; not a bundle directory")
+    data = path.read_bytes()
+    hash_path = path.parent / MANIFEST_HASH
+    if not hash_path.is_file():
+        raise BundleError(f"{hash_path}: missing; the manifest's own checksum is needed to trust it "
+                          f"(rebuild the bundle with python -m convert)")
+    recorded = hash_path.read_text(errors="replace").split()[:1]
+    if recorded != [hashlib.sha256(data).hexdigest()]:
+        raise BundleError(f"{path}: checksum mismatch with {MANIFEST_HASH} (manifest edited or corrupted)")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        manifest = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: not valid JSON ({exc})") from exc
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"{path}: bundle format version {version!r}, this code reads version {FORMAT_VERSION}")
+    validate_manifest(manifest, path)
     return manifest
 
 
@@ -66,18 +188,24 @@ def check_files(bundle: Path, manifest: dict) -> None:
             raise BundleError(f"{path}: checksum mismatch (file corrupted or replaced)")
 
 
-def _check_graph(path: Path, spec: dict):
+def check_graph_io(session, path: Path, spec: dict, role: str) -> None:
+    """The loaded graph's input and output names are the manifest's (a swapped or foreign graph is
+    refused here, before any frame runs)."""
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    if sorted(inputs) != sorted(spec["inputs"]) or outputs != spec["outputs"]:
+        raise BundleError(f"{path}: not the {role} graph manifest.json describes: its inputs/outputs "
+                          f"{inputs} -> {outputs} differ from {spec['inputs']} -> {spec['outputs']}")
+
+
+def _check_graph(path: Path, spec: dict, role: str):
     import onnxruntime as ort
 
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for bad files
         raise BundleError(f"{path}: onnxruntime cannot load it ({exc})") from exc
-    inputs = [i.name for i in session.get_inputs()]
-    outputs = [o.name for o in session.get_outputs()]
-    if inputs != spec["inputs"] or outputs != spec["outputs"]:
-        raise BundleError(f"{path}: inputs/outputs {inputs} -> {outputs} differ from manifest.json's "
-                          f"{spec['inputs']} -> {spec['outputs']}")
+    check_graph_io(session, path, spec, role)
     return session
 
 
@@ -94,12 +222,12 @@ def verify_bundle(bundle: str | Path) -> dict:
     ids = np.array([enc.ids], np.int64)
     mask = np.array([enc.attention_mask], np.int64)
     text_spec = manifest["graphs"]["text"]
-    text = _check_graph(bundle / text_spec["file"], text_spec).run(None, {"input_ids": ids, "attention_mask": mask})
+    text = _check_graph(bundle / text_spec["file"], text_spec, "text").run(None, {"input_ids": ids, "attention_mask": mask})
     d = manifest["preprocessing"]["size_divisor"]
     image = np.zeros((1, 2 * d, 3 * d, 3), np.uint8)
     shapes = {}
     for precision, spec in manifest["graphs"]["image"].items():
-        session = _check_graph(bundle / spec["file"], spec)
+        session = _check_graph(bundle / spec["file"], spec, f"{precision} image")
         feeds = {"image": image, "attention_mask": mask, **dict(zip(text_spec["outputs"], text))}
         logits = session.run(None, feeds)[0]
         stride = manifest["output"]["stride"]

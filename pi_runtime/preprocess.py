@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["Letterbox", "letterbox", "load_image", "to_rgb_array", "ImageError"]
+__all__ = ["Letterbox", "letterbox", "load_image", "to_rgb_array", "ImageError", "check_readable_file",
+           "DEFAULT_MAX_PIXELS"]
 
 
 class ImageError(ValueError):
@@ -66,17 +67,54 @@ def to_rgb_array(image) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Reads an image file as RGB; :class:`ImageError` names the file for missing, empty,
-    truncated or unreadable files."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: no such file")
-    if path.stat().st_size == 0:
+DEFAULT_MAX_PIXELS = 40_000_000   # ~160 MB of RGB at decode: what a 4 GB Pi can take beside the model
+
+
+def check_readable_file(path: Path) -> None:
+    """:class:`ImageError` naming what ``path`` is when it is not a readable regular file."""
+    import os
+    import stat
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise ImageError(f"{path}: broken symbolic link") from None
+        raise ImageError(f"{path}: no such file") from None
+    except OSError as exc:  # ELOOP for a symlink loop, EACCES, ENAMETOOLONG ...
+        raise ImageError(f"{path}: cannot open ({os.strerror(exc.errno) if exc.errno else exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(f"{path}: is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "FIFO" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode) else "device"
+        raise ImageError(f"{path}: is a {kind}, not a regular image file")
+    if st.st_size == 0:
         raise ImageError(f"{path}: empty file")
+
+
+def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               draft_long_side: int | None = None) -> np.ndarray:
+    """Reads an image file as RGB; :class:`ImageError` names the file for missing, empty, truncated,
+    corrupt or over-large files, and for paths that are not regular files.
+
+    The pixel budget is checked on the header's size before anything is decoded (a 140 KB PNG
+    can declare 12000x12000). With ``draft_long_side``, a JPEG much larger than needed is decoded
+    at a reduced scale (libjpeg's DCT scaling) to no less than that long side.
+    """
+    path = Path(path)
+    check_readable_file(path)
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if max_pixels and w * h > max_pixels:
+                raise ImageError(f"{path}: {w}x{h} is {w * h / 1e6:.1f} Mpx, over the {max_pixels / 1e6:g} Mpx "
+                                 f"limit (raise it with --max-pixels if this machine has the memory)")
+            if draft_long_side and im.format == "JPEG" and max(w, h) > 2 * draft_long_side:
+                scale = draft_long_side / max(w, h)
+                im.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
             im.load()
             return to_rgb_array(im)
-    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{path}: cannot read image ({exc})") from exc
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, ValueError, SyntaxError, struct.error ...
+        raise ImageError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc

@@ -20,16 +20,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pi_runtime.bundle import BundleError, check_files, load_manifest
+from pi_runtime.bundle import BundleError, check_files, check_graph_io, load_manifest
+from pi_runtime.phrases import PhraseError, check_phrase
 from pi_runtime.preprocess import letterbox, load_image, to_rgb_array
 
 __all__ = ["Segmenter", "Result", "cpu_has_int8_dot", "PhraseError"]
 
 TEXT_CACHE_SIZE = 32
-
-
-class PhraseError(ValueError):
-    """A phrase that cannot be segmented (empty or whitespace)."""
 
 
 @dataclass
@@ -97,20 +94,20 @@ class Segmenter:
             raise BundleError(f"{self.bundle}: no {precision} image graph (has {', '.join(sorted(images))})")
         self.precision = precision
         self.threads = threads or physical_cores()
-        providers = ["CPUExecutionProvider"]
         # The text graph runs once per new phrase, so it is left unoptimised: constant folding
         # would turn its fp16-stored weights into a second, fp32 copy (~45 MB more resident).
         text_options = self._session_options()
         text_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        self._text = ort.InferenceSession(str(self.bundle / self.manifest["graphs"]["text"]["file"]), text_options,
-                                          providers=providers)
+        self._text = self._session(self.manifest["graphs"]["text"]["file"], text_options)
         # Keep the memory arena (turning it off cost 25 % speed) but not the memory pattern: the
         # pre-planned pattern holds every activation's peak at once (peak RSS of a 640x480 run:
         # 294 MB with it, 223 MB without, at the same 62 ms per frame on this machine).
         image_options = self._session_options()
         image_options.enable_mem_pattern = False
-        self._image = ort.InferenceSession(str(self.bundle / images[precision]["file"]), image_options,
-                                           providers=providers)
+        self._image = self._session(images[precision]["file"], image_options)
+        check_graph_io(self._text, self.bundle / self.manifest["graphs"]["text"]["file"], self.manifest["graphs"]["text"],
+                       "text")
+        check_graph_io(self._image, self.bundle / images[precision]["file"], images[precision], f"{precision} image")
         self._text_outputs = self.manifest["graphs"]["text"]["outputs"]
         tok = self.manifest["tokenizer"]
         self.max_tokens = int(tok["max_tokens"])
@@ -127,6 +124,15 @@ class Segmenter:
         self.stride = int(self.manifest["output"]["stride"])
         self.threshold = float(self.manifest["output"]["threshold"])
         self._cache: OrderedDict[str, dict] = OrderedDict()
+
+    def _session(self, name: str, options):
+        import onnxruntime as ort
+
+        path = self.bundle / name
+        try:
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for bad files
+            raise BundleError(f"{path}: onnxruntime cannot load it ({exc})") from exc
 
     def _session_options(self):
         import onnxruntime as ort
@@ -150,9 +156,7 @@ class Segmenter:
 
     def tokenize(self, phrase: str) -> tuple[np.ndarray, np.ndarray]:
         """``(input_ids, attention_mask)`` int64 ``[1, L]``; long phrases are cut with a warning."""
-        if not isinstance(phrase, str) or not phrase.strip():
-            raise PhraseError("phrase is empty or whitespace only")
-        ids = self._tokenizer.encode(phrase.strip()).ids
+        ids = self._tokenizer.encode(check_phrase(phrase)).ids
         if len(ids) > self.max_tokens:
             warnings.warn(f"phrase has {len(ids)} tokens; keeping the first {self.max_tokens}", stacklevel=3)
             ids = ids[:self.max_tokens - 1] + ids[-1:]  # keep [SEP]
@@ -161,7 +165,7 @@ class Segmenter:
 
     def encode(self, phrase: str) -> dict:
         """The phrase's tensors (image-graph inputs), from the cache when seen recently."""
-        key = phrase.strip()
+        key = check_phrase(phrase)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
@@ -209,7 +213,8 @@ class Segmenter:
     def segment(self, image, phrase):
         """``image``: a path, a PIL image or an ``H x W x 3`` uint8 RGB array. ``phrase``: a string
         (returns one :class:`Result`) or a list of strings (returns a list)."""
+        phrases = [check_phrase(p) for p in phrase] if isinstance(phrase, (list, tuple)) else check_phrase(phrase)
         array = load_image(image) if isinstance(image, (str, Path)) else to_rgb_array(image)
-        if isinstance(phrase, (list, tuple)):
-            return [self._result(array, p) for p in phrase]
-        return self._result(array, phrase)
+        if isinstance(phrases, list):
+            return [self._result(array, p) for p in phrases]
+        return self._result(array, phrases)

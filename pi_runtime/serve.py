@@ -19,13 +19,15 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
-from pi_runtime.segmenter import PhraseError
-from pi_runtime.stream import MAX_PHRASE_CHARS, PhraseBox
+from pi_runtime.phrases import MAX_PHRASE_CHARS, PhraseError
+from pi_runtime.stream import PhraseBox
 
 __all__ = ["PreviewServer"]
 
 MAX_BODY_BYTES = 4096
 BOUNDARY = "erisframe"
+SOCKET_TIMEOUT_S = 10.0     # an idle or slow client is dropped after this long without progress
+MAX_CONNECTIONS = 16        # concurrent connections; more are answered 503 and closed at once
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>eris-pi</title>
@@ -58,6 +60,42 @@ setInterval(async () => {{
 """
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``MAX_CONNECTIONS`` at once; every socket gets a timeout,
+    and a client that goes away mid-answer ends its thread quietly (no traceback on the terminal)."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler):
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.settimeout(1.0)
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 17\r\nConnection: close\r\n"
+                                b"\r\ntoo many clients\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address):
+        pass  # disconnects and timeouts: the client's problem, not the terminal's
+
+
 class PreviewServer:
     """Holds the newest annotated JPEG; serves it as MJPEG on its own threads."""
 
@@ -68,8 +106,7 @@ class PreviewServer:
         self._seq = 0
         self._cond = threading.Condition()
         self.closed = threading.Event()
-        self.httpd = ThreadingHTTPServer((host, port), self._handler())
-        self.httpd.daemon_threads = True
+        self.httpd = _BoundedServer((host, port), self._handler())
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="preview-http", daemon=True)
 
     @property
@@ -112,6 +149,8 @@ class PreviewServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = SOCKET_TIMEOUT_S  # StreamRequestHandler sets it on the socket
+
             def log_message(self, *args):  # keep the terminal for JSON lines and errors
                 pass
 
@@ -157,18 +196,31 @@ class PreviewServer:
                         self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
                                          f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n")
                         self.wfile.flush()
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the viewer went away
+                except OSError:
+                    pass  # the viewer went away (broken pipe, reset, timeout)
 
             def do_POST(self):  # noqa: N802
                 if self.path.split("?", 1)[0] != "/phrase":
                     self._send(404, b"not found\n", "text/plain")
                     return
-                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.headers.get("Content-Length")
+                if raw is None or not raw.strip().isdigit():
+                    self._send(HTTPStatus.LENGTH_REQUIRED if raw is None else 400,
+                               b"Content-Length must be a non-negative integer\n", "text/plain")
+                    return
+                length = int(raw)
                 if length > MAX_BODY_BYTES:
                     self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"request body too large\n", "text/plain")
                     return
-                fields = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
+                body = self.rfile.read(length)  # bounded by the socket timeout
+                if len(body) != length:
+                    self._send(400, b"request body shorter than Content-Length\n", "text/plain")
+                    return
+                try:
+                    fields = parse_qs(body.decode("utf-8"), strict_parsing=False)
+                except UnicodeDecodeError:
+                    self._send(400, b"request body is not UTF-8\n", "text/plain")
+                    return
                 try:
                     phrase = server.box.set((fields.get("text") or [""])[0])
                 except PhraseError as exc:

@@ -131,7 +131,8 @@ class ImageFolderSource:
     def __init__(self, path: str | Path):
         path = Path(path)
         if path.is_dir():
-            self.paths = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            self.paths = sorted(p for p in path.iterdir()
+                                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
         else:
             self.paths = [path]
         if not self.paths:

@@ -21,13 +21,12 @@ from PIL import Image, ImageDraw
 
 from pi_runtime.batch import overlay
 from pi_runtime.files import atomic_write
-from pi_runtime.segmenter import PhraseError, Segmenter
+from pi_runtime.preprocess import ImageError
+from pi_runtime.phrases import MAX_PHRASE_CHARS, PhraseError, check_phrase, printable
+from pi_runtime.segmenter import Segmenter
 from pi_runtime.sources import FrameGrabber
 
 __all__ = ["PhraseBox", "FrameReport", "run_stream", "annotate", "MAX_PHRASE_CHARS", "watch_stdin"]
-
-MAX_PHRASE_CHARS = 200
-
 
 class PhraseBox:
     """The current phrase, shared between the loop, the preview server and stdin."""
@@ -36,13 +35,7 @@ class PhraseBox:
         self._lock = threading.Lock()
         self._phrase = self.check(phrase)
 
-    @staticmethod
-    def check(phrase: str) -> str:
-        if not isinstance(phrase, str) or not phrase.strip():
-            raise PhraseError("phrase is empty or whitespace only")
-        if len(phrase) > MAX_PHRASE_CHARS:
-            raise PhraseError(f"phrase is {len(phrase)} characters; the limit is {MAX_PHRASE_CHARS}")
-        return phrase.strip()
+    check = staticmethod(check_phrase)
 
     def get(self) -> str:
         with self._lock:
@@ -90,11 +83,19 @@ def watch_stdin(box: PhraseBox, stream=None, log=sys.stderr) -> threading.Thread
     if not stream.isatty():
         return None
 
+    raw = getattr(stream, "buffer", None)  # bytes, so a line of invalid UTF-8 is one bad line, not the end
+
     def run():
-        for line in stream:
+        for line in (raw if raw is not None else stream):
+            if isinstance(line, bytes):
+                try:
+                    line = line.decode("utf-8")
+                except UnicodeDecodeError:
+                    print("error: typed line is not UTF-8 text; phrase unchanged", file=log, flush=True)
+                    continue
             if line.strip():
                 try:
-                    print(f"phrase: {box.set(line)}", file=log, flush=True)
+                    print(f"phrase: {printable(box.set(line))}", file=log, flush=True)
                 except PhraseError as exc:
                     print(f"error: {exc}", file=log, flush=True)
 
@@ -126,7 +127,11 @@ def run_stream(seg: Segmenter, source, box: PhraseBox, *, json_out=None, preview
                 break
             phrase = box.get()
             t0 = time.perf_counter()
-            result = seg.segment(frame, phrase)
+            try:
+                result = seg.segment(frame, phrase)
+            except (ImageError, PhraseError, ValueError) as exc:  # a bad frame is skipped, the loop goes on
+                print(f"skipped frame {frame_no}: {printable(str(exc), 200)}", file=log, flush=True)
+                continue
             latency = (time.perf_counter() - t0) * 1e3
             now = time.time()
             times.append(time.perf_counter())

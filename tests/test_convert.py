@@ -1,5 +1,6 @@
 """convert/: export, the standard-ops guard, parity with PyTorch, manifest and verify."""
 
+import hashlib
 import json
 
 import onnx
@@ -92,5 +93,9 @@ def test_verify_catches_missing_file_and_other_format(bundle, tmp_path):
     m = json.loads((b / "manifest.json").read_text())
     m["format_version"] = 99
     (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="checksum mismatch with manifest.sha256"):  # edited by hand
+        verify_bundle(b)
+    data = (b / "manifest.json").read_bytes()
+    (b / "manifest.sha256").write_text(hashlib.sha256(data).hexdigest() + "  manifest.json\n")
     with pytest.raises(BundleError, match="format version 99"):
         verify_bundle(b)

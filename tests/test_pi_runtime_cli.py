@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pi_runtime.__main__ import main as runtime_main
-from pi_runtime.batch import read_manifest
+from pi_runtime.batch import assign_ids, read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def test_manifest_with_a_bad_line_runs_the_rest(bundle, photos, tmp_path, capsys
                                    json.dumps({"image": str(photos / "gray.png"), "phrase": "   "}),
                                    json.dumps({"image": str(photos / "tiny.png"), "phrase": "the star"})]) + "\n")
     items, errors = read_manifest(manifest)
-    assert [i.id for i in items] == ["a", "gray", "tiny"] and errors[0].startswith(f"{manifest}:2:")
+    assert [i.id for i in assign_ids(items)[0]] == ["a", "gray", "tiny"] and errors[0].startswith(f"{manifest}:2:")
     assert _run(bundle, "--input", str(manifest), "--output", str(tmp_path / "o")) == 1
     err = capsys.readouterr().err
     assert "jobs.jsonl:2" in err and "gray.png: phrase is empty" in err

@@ -67,7 +67,7 @@ def test_bad_phrases_and_long_phrases(seg):
     with pytest.raises(PhraseError):
         seg.segment(np.zeros((32, 32, 3), np.uint8), "   ")
     with pytest.warns(UserWarning, match="tokens"):
-        ids, _ = seg.tokenize("word " * 100)
+        ids, _ = seg.tokenize("a b " * 45)  # 180 characters, 92 tokens: under the length limit, over max_tokens
     assert ids.shape == (1, 32) and ids[0, -1] == 102
     assert seg.segment(np.zeros((32, 32, 3), np.uint8), "la tasse rouge à gauche — 赤いカップ").mask.shape == (32, 32)
 
