@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m eris.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="checkpoint directory (model.safetensors + config.json)")
-    ap.add_argument("--data", default="shapes", choices=["shapes", "roboref", "refcoco"], help="dataset")
+    ap.add_argument("--data", default="shapes", choices=["shapes", "shapes-absent", "roboref", "refcoco"],
+                    help="dataset (shapes-absent: the ShapeRef scenes with phrases naming what is not there)")
     ap.add_argument("--split", default="val", help="shapes, roboref: val|test; refcoco: val|testA|testB|test")
     ap.add_argument("--data-root", help="refcoco: directory with refcoco*/ annotations and images/")
     ap.add_argument("--dataset", default="refcoco", choices=["refcoco", "refcoco+", "refcocog"], help="refcoco family")

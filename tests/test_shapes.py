@@ -87,3 +87,14 @@ def test_cli_writes_images_masks_and_manifest(tmp_path):
     assert set(np.unique(mask)) <= {0, 255}
     assert np.array_equal(mask > 127, get_sample("val", 0, long_side=128).mask)
     assert Image.open(tmp_path / lines[0]["image"]).size[0] == 128
+
+
+def test_absent_variant_keeps_the_scene_and_names_nothing_in_it():
+    from eris.data.shapes import get_sample
+
+    for i in range(20):
+        present, absent = get_sample("val", i, long_side=96), get_sample("val", i, long_side=96, absent=True)
+        assert np.array_equal(present.image, absent.image) and present.phrase != absent.phrase
+        assert absent.kind == "absent" and absent.target is None and not absent.mask.any()
+        e = absent.expression
+        assert not any(o.shape == e.shape and (e.colour is None or o.colour == e.colour) for o in absent.scene.objects)

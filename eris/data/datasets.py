@@ -36,14 +36,16 @@ class ShapeRefTrain(Dataset):
     its own seeded generator (so a resumed run sees exactly the samples it would have)."""
 
     def __init__(self, size: int, seed: int = 0, scale_range=(0.6, 1.0), flip_p: float = 0.5,
-                 length: int = 10 ** 9):
+                 length: int = 10 ** 9, absent_p: float = 0.1):
         self.size, self.seed, self.scale_range, self.flip_p, self.length = size, seed, scale_range, flip_p, length
+        self.absent_p = absent_p
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> dict:
-        s = get_sample("train", index, self.seed, long_side=self.size)
+        absent = np.random.default_rng([self.seed, 31337, index]).random() < self.absent_p
+        s = get_sample("train", index, self.seed, long_side=self.size, absent=absent)
         rng = np.random.default_rng([self.seed, 7919, index])
         image, mask, phrase = random_scale_pad_flip(s.image, s.mask, s.phrase, self.size, rng,
                                                     self.scale_range, self.flip_p)
@@ -133,6 +135,11 @@ def eval_samples(data: str, split: str, n: int | None = None, data_root=None, da
         for i in range(min(n or total, total)):
             s = get_sample(split, i, seed, long_side=640)
             yield EvalSample(s.id, s.image, s.mask, s.phrase, s.kind)
+    elif data == "shapes-absent":  # the val/test scenes with phrases naming what is not there
+        total = SPLIT_SIZES[split]
+        for i in range(min(n or total, total)):
+            s = get_sample(split, i, seed, long_side=640, absent=True)
+            yield EvalSample(s.id + "-absent", s.image, s.mask, s.phrase, s.kind)
     elif data == "roboref":
         from eris.data.roboref import eval_samples as roboref_samples
 

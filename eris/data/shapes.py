@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from eris.data.expressions import Expression, generate_expression, phrase_kind
+from eris.data.expressions import Expression, generate_expression, phrase_kind, realise
 from pi_runtime.files import atomic_write_bytes
 
 __all__ = ["SceneObject", "Scene", "ShapeRefSample", "SPLITS", "SHAPES", "COLOURS", "ASPECTS",
@@ -76,7 +76,7 @@ class ShapeRefSample:
     image: np.ndarray          # H x W x 3 uint8 RGB (degraded: blur, noise, JPEG)
     mask: np.ndarray           # H x W bool, the target's visible pixels
     phrase: str
-    target: int                # index into scene.objects
+    target: int | None         # index into scene.objects; None for an absent target
     scene: Scene
     expression: Expression
     split: str
@@ -89,7 +89,7 @@ class ShapeRefSample:
     @property
     def kind(self) -> str:
         """Phrase kind for per-kind reports (:func:`eris.data.expressions.phrase_kind`)."""
-        return phrase_kind(self.expression)
+        return "absent" if self.target is None else phrase_kind(self.expression)
 
     def describe(self) -> dict:
         """JSON-ready scene description."""
@@ -270,8 +270,24 @@ def render_scene(scene: Scene, long_side: int = 640, degrade: bool = True) -> tu
     return np.asarray(image), masks
 
 
-def get_sample(split: str, index: int, seed: int = 0, long_side: int = 640, degrade: bool = True) -> ShapeRefSample:
-    """The sample ``index`` of ``split``; identical for identical arguments on any machine."""
+def absent_expression(objects: list[SceneObject], rng: np.random.Generator) -> tuple[Expression, str]:
+    """An attribute phrase naming a (colour, shape) that no object in the scene has."""
+    present = {(o.colour, o.shape) for o in objects}
+    shapes_present = {o.shape for o in objects}
+    while True:
+        shape = SHAPES[rng.integers(len(SHAPES))]
+        colour = None if rng.random() < 0.3 and shape not in shapes_present else list(COLOURS)[rng.integers(len(COLOURS))]
+        if colour is None or (colour, shape) not in present:
+            expr = Expression("attribute", colour, shape)
+            return expr, realise(expr, rng)
+
+
+def get_sample(split: str, index: int, seed: int = 0, long_side: int = 640, degrade: bool = True,
+               absent: bool = False) -> ShapeRefSample:
+    """The sample ``index`` of ``split``; identical for identical arguments on any machine.
+
+    With ``absent``, the same scene comes with a phrase naming something it does not contain
+    and an empty mask (``kind == "absent"``): "not there" is an answer the model must learn."""
     size = SPLIT_SIZES.get(split)
     if size is not None and not 0 <= index < size:
         raise IndexError(f"{split} has {size} samples; index {index} is out of range")
@@ -285,6 +301,10 @@ def get_sample(split: str, index: int, seed: int = 0, long_side: int = 640, degr
         raise RuntimeError(f"{split}/{index}: no referable object in 20 scenes")
     target, expression, phrase = found
     image, masks = render_scene(scene, long_side, degrade)
+    if absent:  # its own stream, so the scene and image stay those of the present sample
+        expression, phrase = absent_expression(scene.objects, np.random.default_rng([seed, 999, SPLITS[split], index]))
+        return ShapeRefSample(image=image, mask=np.zeros(image.shape[:2], bool), phrase=phrase, target=None,
+                              scene=scene, expression=expression, split=split, index=index)
     return ShapeRefSample(image=image, mask=masks[target], phrase=phrase, target=target, scene=scene,
                           expression=expression, split=split, index=index)
 
