@@ -6,6 +6,9 @@ Measures, each over ``--runs`` repetitions after ``--warmup`` ones:
 * image graph alone, on a ``--size`` frame already letterboxed (``--aspect 1:1`` by default);
 * the whole per-frame path a camera frame takes (letterbox, image graph, resize, threshold,
   bbox/centroid) with a cached phrase.
+With ``--peer MODEL.onnx`` another ONNX model (e.g. YOLO11n-seg exported by its user) is timed
+alternately with our image graph, in the same process with the same threads and session options,
+and the ratio of the two p50s is reported (ours / peer: below 1 means we are faster).
 Prints a table, then the same figures as one JSON object on the last line.
 """
 
@@ -67,6 +70,44 @@ def pi_health() -> dict:
     return out
 
 
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
+               "tensor(int8)": np.int8, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def peer_feeds(session, shape_arg: str | None) -> dict:
+    """Random inputs for every input of ``session``: the first takes ``--peer-input`` (e.g.
+    1x3x640x640) if given; dynamic dimensions of the others (or of the first, without it) are 1."""
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for k, inp in enumerate(session.get_inputs()):
+        if k == 0 and shape_arg:
+            shape = [int(v) for v in shape_arg.lower().split("x")]
+        else:
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+        dtype = _ORT_DTYPES.get(inp.type)
+        if dtype is None:
+            raise ValueError(f"peer input {inp.name}: type {inp.type} is not supported by bench")
+        if np.issubdtype(dtype, np.floating):
+            feeds[inp.name] = rng.random(shape, dtype=np.float32).astype(dtype)
+        else:
+            feeds[inp.name] = rng.integers(0, 255 if dtype == np.uint8 else 2, shape).astype(dtype)
+    return feeds
+
+
+def _alternate(ours, peer, runs: int, warmup: int) -> tuple[list[float], list[float]]:
+    """Times the two callables in turn, so drifting clocks and thermal state hit both alike."""
+    for _ in range(warmup):
+        ours()
+        peer()
+    a, b = [], []
+    for _ in range(runs):
+        for fn, out in ((ours, a), (peer, b)):
+            t0 = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t0) * 1e3)
+    return a, b
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pi_runtime bench", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     ap.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: the shipped one)")
@@ -77,7 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--aspect", default="1:1", help="frame aspect W:H, e.g. 4:3 for a camera frame (default 1:1)")
     ap.add_argument("--runs", type=int, default=30, help="timed repetitions")
     ap.add_argument("--warmup", type=int, default=3, help="untimed repetitions first")
+    ap.add_argument("--peer", type=Path, default=None,
+                    help="another ONNX model to time alternately with our image graph (same threads and options)")
+    ap.add_argument("--peer-input", default=None,
+                    help="shape of the peer's first input, e.g. 1x3x640x640 (default: its static shape)")
     args = ap.parse_args(argv)
+    if args.peer is not None and not args.peer.is_file():
+        print(f"error: --peer {args.peer}: no such file", file=sys.stderr)
+        return 2
     try:
         aw, ah = (int(v) for v in args.aspect.split(":"))
     except ValueError:
@@ -133,6 +181,25 @@ def main(argv: list[str] | None = None) -> int:
           f"cold start {cold_ms:.0f} ms   peak RSS {report['peak_rss_mb']:.0f} MB")
     for key, value in report.get("pi", {}).items():
         print(f"{key}: {value}")
+    if args.peer is not None:
+        import onnxruntime as ort
+
+        options = seg._session_options()
+        options.enable_mem_pattern = False
+        try:
+            peer = ort.InferenceSession(str(args.peer), options, providers=["CPUExecutionProvider"])
+            pfeeds = peer_feeds(peer, args.peer_input)
+            peer.run(None, pfeeds)
+        except Exception as exc:  # noqa: BLE001 - any load or run failure of the user's model
+            print(f"error: --peer {args.peer}: {exc}", file=sys.stderr)
+            return 2
+        ours_ms, peer_ms = _alternate(lambda: seg._image.run(None, feeds), lambda: peer.run(None, pfeeds),
+                                      args.runs, args.warmup)
+        o50, p50 = _percentiles(ours_ms)[0], _percentiles(peer_ms)[0]
+        report["peer"] = {"model": str(args.peer), "input": {k: list(v.shape) for k, v in pfeeds.items()},
+                          "ours_image_p50_ms": round(o50, 2), "peer_p50_ms": round(p50, 2),
+                          "ratio": round(o50 / p50, 3)}
+        print(f"alternating with {args.peer.name}: ours {o50:.2f} ms, peer {p50:.2f} ms, ratio {o50 / p50:.3f}")
     print(json.dumps(report))
     return 0
 

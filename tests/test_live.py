@@ -295,3 +295,24 @@ def test_doctor_reports_each_check_and_fails_on_a_broken_bundle(bundle, tmp_path
     (broken / "tokenizer.json").write_text("{}")
     assert doctor_main(["--bundle", str(broken)]) == 1
     assert "FAIL  bundle" in capsys.readouterr().out
+
+
+def test_bench_times_a_peer_model_alternately(bundle, tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from pi_runtime.bench import main as bench_main
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], [0.01] * 108)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "peer",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    peer = tmp_path / "peer.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), peer)
+    args = ["--bundle", str(bundle / "bundle"), "--precision", "fp32", "--threads", "1", "--size", "64",
+            "--runs", "3", "--warmup", "1", "--peer", str(peer)]
+    assert bench_main([*args, "--peer-input", "1x3x64x64"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["peer"]
+    assert report["input"] == {"x": [1, 3, 64, 64]}
+    assert report["peer_p50_ms"] > 0 and report["ratio"] > 0  # (the p50s are rounded to 0.01 ms; the ratio is not)
+    assert bench_main([*args[:-1], str(tmp_path / "missing.onnx")]) == 2
