@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="live: camera frame size WxH (default 640x480, the model's 4:3 input; no resize on the CPU)")
     ap.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: the one shipped in the package)")
     ap.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto",
-                    help="image graph precision; auto = int8 where the CPU has int8 dot-product instructions")
+                    help="image graph precision; auto = whichever ran faster when both were timed on this machine "
+                         "(the first run times them and caches the choice)")
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: physical cores)")
     ap.add_argument("--long-side", type=int, default=None,
                     help="model input long side (default: the bundle's, 640; 320 is ~4x faster and less exact)")

@@ -166,13 +166,14 @@ def main(argv: list[str] | None = None) -> int:
         "cold_start_ms": round(cold_ms, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
         "input_hw": list(padded.shape[:2]), "frame_hw": [h, w],
         "backend": "onnxruntime " + __import__("onnxruntime").__version__ + " CPUExecutionProvider",
-        "precision": seg.precision, "threads": seg.threads, "runs": args.runs,
+        "precision": seg.precision, "precision_source": seg.precision_source, "threads": seg.threads,
+        "runs": args.runs,
         "machine": f"{platform.machine()} {platform.system()} {platform.release()}",
         **({"pi": pi_health()} if pi_health() else {}),
     }
     rows = [("image graph", i50, i95), ("per-frame path", f50, f95), ("text graph (new phrase)", t50, t95),
             ("text (cached phrase)", *_percentiles(cached_ms))]
-    print(f"bundle {seg.bundle}  precision {seg.precision}  threads {seg.threads}  "
+    print(f"bundle {seg.bundle}  precision {seg.precision} ({seg.precision_source})  threads {seg.threads}  "
           f"frame {w}x{h} -> input {padded.shape[1]}x{padded.shape[0]}")
     print(f"{'':<26}{'p50 ms':>10}{'p95 ms':>10}")
     for name, p50, p95 in rows:

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from pi_runtime.bundle import BundleError, verify_bundle
-from pi_runtime.segmenter import cpu_has_int8_dot, default_bundle_dir, physical_cores
+from pi_runtime.precision import cpu_has_int8_dot
+from pi_runtime.segmenter import Segmenter, default_bundle_dir, physical_cores
 
 __all__ = ["main", "run_checks"]
 
@@ -53,13 +54,23 @@ def run_checks(bundle: Path | None = None) -> list[tuple[str, str, str]]:
         except ImportError:
             rows.append(("WARN", f"optional {name}", f"not installed; needed for {why}"))
     dot = cpu_has_int8_dot()
-    rows.append(("OK" if dot else "WARN", "CPU int8 dot-product (asimddp / VNNI)",
-                 f"{physical_cores()} physical cores; " +
-                 ("present: --precision auto uses INT8" if dot else
-                  "absent (e.g. Pi 4's Cortex-A72): --precision auto uses fp32")))
+    rows.append(("INFO", "CPU int8 dot-product (asimddp / VNNI)",
+                 f"{physical_cores()} physical cores; " + ("present" if dot else "absent (e.g. Pi 4's Cortex-A72)") +
+                 "; --precision auto times both graphs instead of trusting this"))
     rows.append(_camera_check())
-    rows.append(_bundle_check(bundle))
+    bundle_row = _bundle_check(bundle)
+    rows.append(bundle_row)
+    if bundle_row[0] == "OK":
+        rows.append(_precision_check(bundle))
     return rows
+
+
+def _precision_check(bundle: Path | None) -> tuple[str, str, str]:
+    try:
+        seg = Segmenter.from_bundle(bundle, "auto")
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        return ("FAIL", "precision auto", str(exc))
+    return ("INFO", "precision auto", f"{seg.precision} with {seg.threads} threads: {seg.precision_source}")
 
 
 def _camera_check() -> tuple[str, str, str]:

@@ -22,6 +22,7 @@ from PIL import Image
 
 from pi_runtime.bundle import BundleError, check_files, check_graph_io, load_manifest
 from pi_runtime.phrases import PhraseError, check_phrase
+from pi_runtime.precision import cpu_has_int8_dot
 from pi_runtime.preprocess import letterbox, load_image, to_rgb_array
 
 __all__ = ["Segmenter", "Result", "cpu_has_int8_dot", "PhraseError"]
@@ -46,15 +47,6 @@ class Result:
                 "bbox": list(self.bbox) if self.bbox else None,
                 "centroid": [round(c, 1) for c in self.centroid] if self.centroid else None,
                 "area": round(self.area, 6), **{f"{k}_ms": round(v, 2) for k, v in self.timings.items()}}
-
-
-def cpu_has_int8_dot() -> bool:
-    """ARM ``asimddp`` or x86 VNNI: the instructions that make INT8 matmuls pay off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().lower()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("asimddp", "avx512_vnni", "avx_vnni", "avxvnni"))
 
 
 def physical_cores() -> int:
@@ -88,27 +80,17 @@ class Segmenter:
         self.manifest = load_manifest(self.bundle)
         check_files(self.bundle, self.manifest)
         images = self.manifest["graphs"]["image"]
-        if precision == "auto":
-            precision = "int8" if "int8" in images and cpu_has_int8_dot() else "fp32"
-        if precision not in images:
+        if precision != "auto" and precision not in images:
             raise BundleError(f"{self.bundle}: no {precision} image graph (has {', '.join(sorted(images))})")
-        self.precision = precision
         self.threads = threads or physical_cores()
         # The text graph runs once per new phrase, so it is left unoptimised: constant folding
         # would turn its fp16-stored weights into a second, fp32 copy (~45 MB more resident).
         text_options = self._session_options()
         text_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        self._text = self._session(self.manifest["graphs"]["text"]["file"], text_options)
-        # Keep the memory arena (turning it off cost 25 % speed) but not the memory pattern: the
-        # pre-planned pattern holds every activation's peak at once (peak RSS of a 640x480 run:
-        # 294 MB with it, 223 MB without, at the same 62 ms per frame on this machine).
-        image_options = self._session_options()
-        image_options.enable_mem_pattern = False
-        self._image = self._session(images[precision]["file"], image_options)
-        check_graph_io(self._text, self.bundle / self.manifest["graphs"]["text"]["file"], self.manifest["graphs"]["text"],
-                       "text")
-        check_graph_io(self._image, self.bundle / images[precision]["file"], images[precision], f"{precision} image")
-        self._text_outputs = self.manifest["graphs"]["text"]["outputs"]
+        text_spec = self.manifest["graphs"]["text"]
+        self._text = self._session(text_spec["file"], text_options)
+        check_graph_io(self._text, self.bundle / text_spec["file"], text_spec, "text")
+        self._text_outputs = text_spec["outputs"]
         tok = self.manifest["tokenizer"]
         self.max_tokens = int(tok["max_tokens"])
         self._tokenizer = Tokenizer.from_file(str(self.bundle / tok["file"]))
@@ -122,8 +104,48 @@ class Segmenter:
                                  f"{2 * self.divisor}")
             self.long_side = int(long_side)
         self.stride = int(self.manifest["output"]["stride"])
-        self.threshold = float(self.manifest["output"]["threshold"])
         self._cache: OrderedDict[str, dict] = OrderedDict()
+        if precision == "auto":
+            precision, self.precision_source, self._image = self._auto_precision(images)
+        else:
+            self.precision_source = "asked for"
+            self._image = self._image_session(precision)
+        self.precision = precision
+        self.threshold = float(self.manifest["output"]["threshold"])
+
+    def _image_session(self, precision: str):
+        # Keep the memory arena (turning it off cost 25 % speed) but not the memory pattern: the
+        # pre-planned pattern holds every activation's peak at once (peak RSS of a 640x480 run:
+        # 294 MB with it, 223 MB without, at the same 62 ms per frame on this machine).
+        spec = self.manifest["graphs"]["image"][precision]
+        options = self._session_options()
+        options.enable_mem_pattern = False
+        session = self._session(spec["file"], options)
+        check_graph_io(session, self.bundle / spec["file"], spec, f"{precision} image")
+        return session
+
+    def _auto_precision(self, images: dict):
+        """``(precision, how it was chosen, its session)``: see :mod:`pi_runtime.precision`."""
+        from pi_runtime import precision as prec
+
+        if not {"int8", "fp32"} <= set(images):
+            only = sorted(images)[0]
+            return only, f"the only image graph in the bundle", self._image_session(only)
+        key = prec.cache_key(self.bundle, self.threads)
+        entry = prec.cached_choice(key)
+        if entry is not None:
+            return entry["precision"], f"measured earlier on this machine ({entry['ms']})", \
+                self._image_session(entry["precision"])
+        try:
+            sessions = {p: self._image_session(p) for p in ("int8", "fp32")}
+            ms = prec.measure(sessions, self.encode("the red mug"), self.long_side, self.divisor)
+        except Exception as exc:  # noqa: BLE001 - timing failed: the CPU flags decide
+            chosen = "int8" if prec.cpu_has_int8_dot() else "fp32"
+            return chosen, f"CPU flags (timing failed: {exc})", self._image_session(chosen)
+        chosen = min(ms, key=ms.get)
+        cached = prec.remember(key, {"precision": chosen, "ms": ms, "long_side": self.long_side})
+        how = f"measured now ({ms}){'' if cached else '; not cached: cache directory not writable'}"
+        return chosen, how, sessions[chosen]
 
     def _session(self, name: str, options):
         import onnxruntime as ort

@@ -1,5 +1,8 @@
 """pi_runtime.segmenter on a tiny exported bundle: same logits as the training side, results."""
 
+import hashlib
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -108,3 +111,34 @@ def test_long_side_override_runs_the_graph_smaller(bundle):
     assert seg.long_side == 320 and r.mask.shape == (480, 640)
     with pytest.raises(ValueError, match="multiple of 32"):
         Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, long_side=300)
+
+
+def test_auto_precision_is_measured_once_and_cached(bundle, tmp_path, monkeypatch):
+    """With both graphs in the bundle, auto times them, caches the faster by (bundle, CPU, threads),
+    and the next load reads the cache instead of timing again."""
+    import shutil
+
+    from pi_runtime import precision as prec
+
+    b = shutil.copytree(bundle / "bundle", tmp_path / "b")
+    m = json.loads((b / "manifest.json").read_text())
+    # a second "precision" that is the same fp32 graph under another name is enough to exercise the choice
+    m["graphs"]["image"]["int8"] = dict(m["graphs"]["image"]["fp32"])
+    data = json.dumps(m).encode()
+    (b / "manifest.json").write_bytes(data)
+    (b / "manifest.sha256").write_text(hashlib.sha256(data).hexdigest() + "  manifest.json\n")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    calls = []
+    real = prec.measure
+    monkeypatch.setattr(prec, "measure", lambda *a, **k: calls.append(1) or {"int8": 2.0, "fp32": 3.0})
+    seg = Segmenter(b, "auto", threads=1)
+    assert seg.precision == "int8" and seg.precision_source.startswith("measured now") and calls == [1]
+    cached = json.loads((tmp_path / "cache" / "eris-pi" / "precision.json").read_text())
+    (key, entry), = cached.items()
+    assert key.endswith("|1") and entry["precision"] == "int8"
+    again = Segmenter(b, "auto", threads=1)
+    assert again.precision == "int8" and again.precision_source.startswith("measured earlier") and calls == [1]
+    assert Segmenter(b, "auto", threads=2) and calls == [1, 1]  # another thread count is another key
+    monkeypatch.setattr(prec, "measure", real)
+    ms = real({"fp32": seg._image}, seg.encode("cup"), 64, 32)
+    assert set(ms) == {"fp32"} and ms["fp32"] > 0
