@@ -34,6 +34,7 @@ class ErisConfig:
     fusion_dim: int = 128              # early-fusion attention width
     fusion_heads: int = 4
     deform_sampling: str = "grid_sample"  # DCN formulation, see eris.ops.deform_conv
+    fusion: str = "cross"              # "cross" (ERIS, linear) or "joint" (the quadratic baseline of eris.scaling)
     max_tokens: int = 32               # tokenizer truncation, [CLS] and [SEP] included
     long_side: int = 640               # default inference size
     size_divisor: int = 32             # H and W must be multiples of this

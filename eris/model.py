@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from eris.config import ErisConfig
-from eris.modules import IAM, DeformableFPN, EarlyFusion, GlobalContext, TextVisualRefinement
+from eris.modules import IAM, DeformableFPN, EarlyFusion, GlobalContext, JointAttentionFusion, TextVisualRefinement
 from eris.text.bert import BertEncoder
 
 __all__ = ["ERIS", "ErisOutput", "TextFeatures"]
@@ -47,8 +47,11 @@ class ERIS(nn.Module):
         self.text_encoder = text_encoder
         text_dim = text_encoder.config.hidden_size
         infos = backbone.feature_info
+        if config.fusion not in ("cross", "joint"):
+            raise ValueError(f"fusion {config.fusion!r}: choose cross (ERIS) or joint (the quadratic baseline)")
+        fusion_cls = EarlyFusion if config.fusion == "cross" else JointAttentionFusion
         self.fusions = nn.ModuleList(
-            EarlyFusion(f.channels, text_dim, config.fusion_dim, config.fusion_heads) for f in infos)
+            fusion_cls(f.channels, text_dim, config.fusion_dim, config.fusion_heads) for f in infos)
         self.iams = nn.ModuleList(IAM(f.channels, text_dim, config.dim) for f in infos)
         self.global_context = GlobalContext(infos[-1].channels, config.dim)
         self.fpn = DeformableFPN(config.dim, levels=len(infos), sampling=config.deform_sampling)

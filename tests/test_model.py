@@ -1,5 +1,6 @@
 """eris.model: shapes, padding mask, batching, gradients, linear memory."""
 
+import json
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -135,3 +136,33 @@ def test_no_tensor_is_quadratic_in_pixels(tiny_model, tokenizer):
     small = max(torch.Size(s).numel() for s in _record(tiny_model, tokenizer, h // 2, w // 2))
     large = max(torch.Size(s).numel() for s in shapes)
     assert large / small <= 4.5
+
+
+def test_joint_attention_baseline_is_quadratic_and_same_sized(tokenizer):
+    """The eris.scaling baseline really holds [heads, N, N + L] scores, with ERIS's widths."""
+    from eris import build_model
+
+    torch.manual_seed(0)
+    joint = build_model(tiny_config(fusion="joint")).eval()
+    h, w = 128, 96
+    pixels = {(h // s) * (w // s) for s in (8, 16, 32)}
+    shapes = _record(joint, tokenizer, h, w)
+    assert any(sum(d in pixels for d in s) >= 2 for s in shapes)
+    cross = build_model(tiny_config()).eval()
+    extra = sum(p.numel() for p in joint.parameters()) - sum(p.numel() for p in cross.parameters())
+    assert extra == sum(p.numel() for f in joint.fusions for p in [*f.pixel_key.parameters(), *f.pixel_value.parameters()])
+
+
+def test_scaling_script_records_points_and_failures(tmp_path, capsys):
+    from eris.scaling import main as scaling_main
+
+    assert scaling_main(["--out", str(tmp_path), "--sizes", "64", "--runs", "1", "--threads", "1"]) == 0
+    report = json.loads((tmp_path / "scaling.json").read_text())
+    for rows in report["results"].values():
+        assert rows["64"]["ms"] > 0 and rows["64"]["peak_rss_mb"] > 0
+    assert (tmp_path / "scaling.md").read_text().count("| 64x64 |") == 1 and (tmp_path / "scaling.png").is_file()
+    from eris.scaling import run
+
+    starved = run([64, 96], 1, 1, mem_limit_gb=0.05, timeout=120)  # cannot even import torch
+    for rows in starved["results"].values():
+        assert "error" in rows[64] and "skipped" in rows[96]["error"]

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EarlyFusion"]
+__all__ = ["EarlyFusion", "JointAttentionFusion"]
 
 
 class EarlyFusion(nn.Module):
@@ -42,3 +42,28 @@ class EarlyFusion(nn.Module):
         scores = scores.masked_fill(~key_mask[:, None, :, None], torch.finfo(scores.dtype).min)
         attended = v @ scores.softmax(dim=2)                          # [B, h, d, N]
         return x + x * self.out(attended.reshape(b, -1, h, w))
+
+
+class JointAttentionFusion(EarlyFusion):
+    """The quadratic baseline ERIS argues against (MDETR/EEVG-style): pixels attend jointly over
+    ``[pixels; tokens]``, so the scores are ``[heads, N, N + L]``. Same widths and the same
+    residual gate as :class:`EarlyFusion`; used only by ``python -m eris.scaling`` (config
+    ``fusion="joint"``), never exported."""
+
+    def __init__(self, channels: int, text_dim: int, dim: int, heads: int):
+        super().__init__(channels, text_dim, dim, heads)
+        self.pixel_key = nn.Conv2d(channels, dim, 1)
+        self.pixel_value = nn.Conv2d(channels, dim, 1)
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        n = h * w
+        q = self.query(x).reshape(b, self.heads, -1, n)                          # [B, h, d, N]
+        kp = self.pixel_key(x).reshape(b, self.heads, -1, n) / math.sqrt(q.shape[2])
+        vp = self.pixel_value(x).reshape(b, self.heads, -1, n)
+        pixel_scores = q.transpose(2, 3) @ kp                                   # [B, h, N, N]: quadratic
+        token_scores = (k @ q).transpose(2, 3)                                  # [B, h, N, L]
+        token_scores = token_scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(q.dtype).min)
+        attn = torch.cat([pixel_scores, token_scores], dim=3).softmax(dim=3)
+        attended = attn[..., :n] @ vp.transpose(2, 3) + attn[..., n:] @ v.transpose(2, 3)  # [B, h, N, d]
+        return x + x * self.out(attended.transpose(2, 3).reshape(b, -1, h, w))
