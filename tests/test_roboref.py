@@ -119,7 +119,7 @@ def test_sequence_renders_frames_of_one_scene(tmp_path):
 
 
 def test_cli_writes_samples_with_kinds(tmp_path, capsys):
-    assert main(["--out", str(tmp_path / "val"), "--split", "val", "--n", "2", "--long-side", "96"]) == 0
+    assert main(["--out", str(tmp_path / "val"), "--split", "val", "--n", "2", "--long-side", "96", "--workers", "2"]) == 0
     lines = [json.loads(l) for l in (tmp_path / "val" / "manifest.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(l["kind"] in ROBOREF_KINDS for l in lines)
     assert all((tmp_path / "val" / l["image"]).is_file() and (tmp_path / "val" / l["mask"]).is_file() for l in lines)

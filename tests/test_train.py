@@ -163,3 +163,17 @@ def test_mixture_spec_is_checked():
     mix = MixtureTrain([Named("a"), Named("b")], [1, 3], seed=0)
     picks = [mix[i] for i in range(400)]
     assert 0.65 < picks.count("b") / 400 < 0.85 and picks == [mix[i] for i in range(400)]
+
+
+def test_pre_rendered_manifest_trains_like_the_live_stream(tiny_config_file, tmp_path):
+    """A pre-rendered split (what a GPU session renders ahead on many cores) is a --data source."""
+    from eris.data.datasets import ManifestTrain, parse_mixture
+    from eris.data.shapes import main as shapes_main
+
+    shapes_main(["--out", str(tmp_path / "cache"), "--split", "train", "--n", "4", "--long-side", "96"])
+    assert parse_mixture(f"shapes:1+{tmp_path / 'cache'}:2") == [("shapes", 1.0), (str(tmp_path / "cache"), 2.0)]
+    ds = ManifestTrain(tmp_path / "cache" / "manifest.jsonl", SIZE)
+    item = ds[5]  # wraps around the 4 lines
+    assert item["image"].shape == (3, SIZE, SIZE) and item["mask"].shape == (SIZE, SIZE) and item["phrase"]
+    assert train_main(_args(tiny_config_file, tmp_path / "run", 1, "--data", str(tmp_path / "cache"),
+                            "--val-data", "shapes")) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from eris.data.shapes import SPLIT_SIZES, get_sample
 from eris.data.transforms import random_scale_pad_flip
 from eris.text.tokenizer import PhraseTokenizer
 
-__all__ = ["EvalSample", "ShapeRefTrain", "RefCocoTrain", "MixtureTrain", "train_dataset", "parse_mixture",
+__all__ = ["EvalSample", "ShapeRefTrain", "RefCocoTrain", "MixtureTrain", "ManifestTrain", "train_dataset", "parse_mixture",
            "eval_samples", "Collate", "StepBatchSampler"]
 
 
@@ -89,13 +90,55 @@ class MixtureTrain(Dataset):
         return self.sources[k][index]
 
 
+class ManifestTrain(Dataset):
+    """Training samples from files: a ``manifest.jsonl`` of ``{"image", "mask", "phrase"}`` lines
+    (paths relative to it), as ``python -m eris.data.roboref --split train --n N`` or
+    ``eris.data.shapes`` write them. Pre-rendering this way keeps a GPU fed when rendering on the
+    fly would starve it; it also trains on a user's own labelled photos. Index ``i`` reads line
+    ``i mod n``, augmented like ShapeRef (scale, placement, flip with the left/right rewrite)."""
+
+    def __init__(self, manifest: str | Path, size: int, seed: int = 0, scale_range=(0.75, 1.0), flip_p: float = 0.5):
+        import json
+
+        self.path = Path(manifest)
+        self.lines = []
+        for n, line in enumerate(self.path.read_text().splitlines(), start=1):
+            if line.strip():
+                entry = json.loads(line)
+                if "mask" not in entry:
+                    raise ValueError(f"{self.path}:{n}: a training manifest line needs a mask")
+                self.lines.append((entry["image"], entry["mask"], entry["phrase"]))
+        if not self.lines:
+            raise ValueError(f"{self.path}: no samples")
+        self.size, self.seed, self.scale_range, self.flip_p = size, seed, scale_range, flip_p
+
+    def __len__(self) -> int:
+        return 10 ** 9
+
+    def __getitem__(self, index: int) -> dict:
+        from PIL import Image
+
+        image_rel, mask_rel, phrase = self.lines[index % len(self.lines)]
+        with Image.open(self.path.parent / image_rel) as im:
+            image = np.asarray(im.convert("RGB"))
+        with Image.open(self.path.parent / mask_rel) as im:
+            mask = np.asarray(im.convert("L")) > 127
+        rng = np.random.default_rng([self.seed, 7919, 5, index])
+        image, mask, phrase = random_scale_pad_flip(image, mask, phrase, self.size, rng, self.scale_range, self.flip_p)
+        return _to_item(image, mask, phrase)
+
+
 def parse_mixture(spec: str) -> list[tuple[str, float]]:
-    """``"shapes"`` -> [("shapes", 1)]; ``"shapes+roboref"`` equal weights; ``"shapes:1+roboref:3"`` weighted."""
+    """``"shapes"`` -> [("shapes", 1)]; ``"shapes+roboref"`` equal weights; ``"shapes:1+roboref:3"``
+    weighted; a part may also be a pre-rendered ``manifest.jsonl`` (or its directory)."""
     parts = []
     for item in spec.split("+"):
-        name, _, weight = item.partition(":")
-        if name not in SYNTHETIC_DATA:
-            raise ValueError(f"--data {spec!r}: unknown dataset {name!r}; choose from {', '.join(SYNTHETIC_DATA)}")
+        name, sep, weight = item.rpartition(":")
+        if not sep or not weight.replace(".", "", 1).lstrip("-").isdigit():
+            name, weight = item, ""
+        if name not in SYNTHETIC_DATA and not _manifest_path(name).is_file():
+            raise ValueError(f"--data {spec!r}: unknown dataset {name!r}; choose from {', '.join(SYNTHETIC_DATA)} "
+                             f"or a manifest.jsonl")
         try:
             w = float(weight) if weight else 1.0
         except ValueError:
@@ -109,7 +152,14 @@ def parse_mixture(spec: str) -> list[tuple[str, float]]:
 SYNTHETIC_DATA = ("shapes", "roboref")
 
 
+def _manifest_path(name: str) -> Path:
+    p = Path(name)
+    return p / "manifest.jsonl" if p.is_dir() else p
+
+
 def _synthetic(name: str, size: int, seed: int, scale_range=None) -> Dataset:
+    if name not in SYNTHETIC_DATA:
+        return ManifestTrain(_manifest_path(name), size, seed, scale_range=scale_range or (0.75, 1.0))
     if name == "shapes":
         return ShapeRefTrain(size, seed, scale_range=scale_range or (0.6, 1.0))
     from eris.data.roboref import RoboRefTrain
