@@ -123,6 +123,8 @@ def validate_manifest(manifest, where: Path | str = "manifest.json") -> None:
     if divisor % stride:
         s.fail("output.stride", f"{stride} does not divide size_divisor {divisor}")
     s.number("output.threshold", out, 0, 1, exclusive=True)
+    if "found_threshold" in out:
+        s.number("output.found_threshold", out, 0, 1, exclusive=True)
     graphs = s.get("graphs", dict)
     text = s.get("graphs.text", dict, graphs)
     graph_files = {"graphs.text.file": s.name("graphs.text.file", text)}

@@ -36,7 +36,7 @@ class Result:
     probability: np.ndarray            # H x W float32 in [0, 1], the image's own size
     mask: np.ndarray                   # H x W bool: probability >= threshold
     score: float                       # peak probability: how sure the model is the phrase matches something
-    found: bool                        # score >= threshold
+    found: bool                        # score >= found_threshold (calibrated on val where the bundle says)
     bbox: tuple[int, int, int, int] | None   # x0, y0, x1, y1 (exclusive), None if nothing found
     centroid: tuple[float, float] | None     # x, y in pixels
     area: float                        # mask pixels / image pixels
@@ -112,6 +112,9 @@ class Segmenter:
             self._image = self._image_session(precision)
         self.precision = precision
         self.threshold = float(self.manifest["output"]["threshold"])
+        # "Is it there?" has its own threshold on the peak probability where the bundle records one
+        # calibrated on val with absent-target phrases (python -m convert.found); else the mask's.
+        self.found_threshold = float(self.manifest["output"].get("found_threshold", self.threshold))
 
     def _image_session(self, precision: str):
         # Keep the memory arena (turning it off cost 25 % speed) but not the memory pattern: the
@@ -223,7 +226,9 @@ class Segmenter:
         prob = 1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))  # no overflow warning on confident pixels
         mask = prob >= self.threshold
         score = float(prob.max()) if prob.size else 0.0
-        found = score >= self.threshold
+        found = score >= self.found_threshold
+        if not found:  # a phrase judged absent gets no mask, whatever a few pixels say
+            mask = np.zeros_like(mask)
         bbox = centroid = None
         if mask.any():
             ys, xs = np.nonzero(mask)

@@ -99,3 +99,27 @@ def test_verify_catches_missing_file_and_other_format(bundle, tmp_path):
     (b / "manifest.sha256").write_text(hashlib.sha256(data).hexdigest() + "  manifest.json\n")
     with pytest.raises(BundleError, match="format version 99"):
         verify_bundle(b)
+
+
+def test_found_threshold_is_calibrated_and_used(bundle, tmp_path, capsys):
+    import shutil
+
+    import numpy as np
+
+    from convert.found import choose_threshold
+    from convert.found import main as found_main
+    from pi_runtime.segmenter import Segmenter
+
+    t, tpr, tnr = choose_threshold([0.9, 0.8, 0.7, 0.3, 0.2, 0.6], [True, True, True, False, False, False])
+    assert 0.6 < t <= 0.7 and tpr == 100.0 and tnr == 100.0
+    with pytest.raises(ValueError, match="both"):
+        choose_threshold([0.9], [True])
+    b = shutil.copytree(bundle / "bundle", tmp_path / "b")
+    assert found_main(["--bundle", str(b), "--data", "shapes", "shapes-absent", "--n", "3", "--threads", "1"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    m = load_manifest(b)
+    assert m["output"]["found_threshold"] == report["found_threshold"] and m["metrics"]["found"]["n_absent"] == 3
+    seg = Segmenter(b, "fp32", threads=1)
+    assert seg.found_threshold == report["found_threshold"]
+    r = seg.segment(np.zeros((64, 64, 3), np.uint8), "the red circle")
+    assert r.found == (r.score >= seg.found_threshold) and (r.found or not r.mask.any())
