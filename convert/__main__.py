@@ -27,6 +27,7 @@ from convert.onnx_export import OPSET, ExportError, check_standard_ops, export_i
 from convert.weights import store_fp16
 from convert.parity import DEFAULT_CASES, check_parity
 from eris.checkpoint import load_checkpoint
+from eris.ops import SAMPLERS, DeformConv2d
 
 TEXT_FILE, IMAGE_FILE = "text.onnx", "image_fp32.onnx"
 
@@ -66,10 +67,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="how graph files store fp32 weights: fp16 = fp16 values (times an fp32 per-channel "
                          "scale where a BatchNorm was folded in), cast to fp32 at session start; the "
                          "arithmetic stays fp32 either way (parity is checked on the written files)")
+    ap.add_argument("--deform-sampling", choices=sorted(SAMPLERS), default="conv",
+                    help="deformable-conv formulation in the exported graph (same weights, same result): conv = "
+                         "grid_sample then the weights as a 1x1 Conv (INT8 QLinearConv once quantized, no "
+                         "transposes; default), grid_sample = then a MatMul, gather = no GridSample op at all")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer, meta = load_checkpoint(args.checkpoint)
+    for m in model.modules():  # the formulation changes no weight (eris.ops.deform_conv)
+        if isinstance(m, DeformConv2d):
+            m.sampling = args.deform_sampling
+    model.config = model.config.replace(deform_sampling=args.deform_sampling)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     try:

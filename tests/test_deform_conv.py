@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from eris.ops import DeformConv2d, deform_conv2d, deform_conv2d_gather
+from eris.ops.deform_conv import deform_conv2d_conv
 
 
 def _bilinear_reference(img, y, x):
@@ -59,7 +60,8 @@ def deform_conv2d_loops(inp, offset, weight, bias, stride, padding, dilation, ma
     return out
 
 
-BOTH = pytest.mark.parametrize("impl", [deform_conv2d_gather, deform_conv2d], ids=["gather", "grid_sample"])
+BOTH = pytest.mark.parametrize("impl", [deform_conv2d_gather, deform_conv2d, deform_conv2d_conv],
+                               ids=["gather", "grid_sample", "conv"])
 
 CASES = [
     # b, c_in, c_out, h, w, k, stride, padding, dilation, offset_groups, weight_groups
@@ -143,11 +145,13 @@ def test_samplers_agree_on_a_trained_looking_layer():
     a = layer(x)
     layer.sampling = "grid_sample"
     assert (layer(x) - a).abs().max() <= 1e-4
+    layer.sampling = "conv"
+    assert (layer(x) - a).abs().max() <= 1e-4
     with pytest.raises(ValueError, match="gather"):
         DeformConv2d(2, 2, sampling="bicubic")
 
 
-@pytest.mark.parametrize("sampling", ["grid_sample", "gather"])
+@pytest.mark.parametrize("sampling", ["grid_sample", "gather", "conv"])
 def test_exports_to_onnx_without_custom_ops(sampling, tmp_path):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
@@ -169,3 +173,19 @@ def test_exports_to_onnx_without_custom_ops(sampling, tmp_path):
         got = session.run(None, {"x": x.numpy()})[0]
         with torch.no_grad():
             assert abs(got - layer(x).numpy()).max() <= 1e-4
+
+
+def test_conv_form_exports_the_weights_as_a_conv_without_transposes(tmp_path):
+    """The point of the conv form: the 3x3 deformable weights become one 1x1 Conv (quantizable to
+    QLinearConv), and no Transpose surrounds the sampled tensor."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    ops = {}
+    for sampling in ("grid_sample", "conv"):
+        layer = DeformConv2d(8, 4, padding=1, sampling=sampling, bias=False).eval()
+        path = tmp_path / f"{sampling}.onnx"
+        torch.onnx.export(layer, (torch.randn(1, 8, 16, 12),), str(path), dynamo=True, opset_version=18,
+                          external_data=False, verbose=False)
+        ops[sampling] = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops["conv"].count("Conv") == 2 and "MatMul" not in ops["conv"] and "Transpose" not in ops["conv"]
+    assert "MatMul" in ops["grid_sample"]

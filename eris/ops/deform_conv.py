@@ -16,6 +16,9 @@ the weighted sum over the ``C*K`` sampled channels is one matmul. Two samplers, 
 
 * ``grid_sample`` (:func:`deform_conv2d`): one ``grid_sample`` call over all taps
   (ONNX ``GridSample``, opset 16+). Faster: one fused pass over the samples. The default.
+* ``conv`` (:func:`deform_conv2d_conv`): the same ``grid_sample``, then the weights as a 1x1
+  ``Conv`` on the ``[B, C*K, Ho, Wo]`` samples (a reshape away from grid_sample's output): INT8
+  ``QLinearConv`` once quantized, and no transposes. What the exported graphs use.
 * ``gather`` (:func:`deform_conv2d_gather`): coordinate arithmetic plus four row gathers from a
   ``[B*G*H*W, C/G]`` table (ONNX ``Gather`` on axis 0 with a ``K*Ho*Wo`` index). Only
   Gather/MatMul/elementwise ops, for converters without a grid-sample kernel.
@@ -34,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["deform_conv2d", "deform_conv2d_gather", "DeformConv2d", "SAMPLERS"]
+__all__ = ["deform_conv2d", "deform_conv2d_gather", "deform_conv2d_conv", "DeformConv2d", "SAMPLERS"]
 
 
 def _pair(v) -> tuple[int, int]:
@@ -190,7 +193,33 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | 
     return _matmul_taps(columns, weight, bias, wg, out_hw)
 
 
-SAMPLERS = {"grid_sample": deform_conv2d, "gather": deform_conv2d_gather}
+def deform_conv2d_conv(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None,
+                       stride=1, padding=0, dilation=1, mask: Tensor | None = None) -> Tensor:
+    """:func:`deform_conv2d` with the weights applied as a 1x1 convolution instead of a matmul.
+
+    ``grid_sample`` returns the samples as ``[B*G, C/G, K*Ho, Wo]``, which is already laid out as
+    ``[B, C*K, Ho, Wo]`` with channel ``c*K + k`` -- the order of ``weight.reshape(C_out, C_in*K)``
+    -- so a reshape (no transpose) feeds a grouped 1x1 ``Conv``. Exported and quantized, that is
+    an INT8 ``QLinearConv`` over NCHW data, with no NHWC<->NCHW transposes around the sampling
+    (the matmul form needs the samples pixel-major). Same weights, same result.
+    """
+    stride, padding, dilation, kernel, wg, og, out_hw = _check_and_geometry(
+        input, offset, weight, mask, stride, padding, dilation)
+    b, c, h, w = input.shape
+    k = kernel[0] * kernel[1]
+    cg = c // og
+    py, px = _sample_positions(offset, stride, padding, dilation, kernel, og, out_hw)
+    grid = torch.stack(((2 * px + 1) / w - 1, (2 * py + 1) / h - 1), dim=-1)  # [B, G, K, Ho, Wo, 2]
+    grid = grid.reshape(b * og, k * out_hw[0], out_hw[1], 2)
+    sampled = F.grid_sample(input.reshape(b * og, cg, h, w), grid, mode="bilinear",
+                            padding_mode="zeros", align_corners=False)  # [B*G, Cg, K*Ho, Wo]
+    if mask is not None:
+        sampled = sampled.reshape(b, og, cg, k, out_hw[0], out_hw[1]) * mask.reshape(b, og, 1, k, out_hw[0], out_hw[1])
+    columns = sampled.reshape(b, c * k, out_hw[0], out_hw[1])
+    return F.conv2d(columns, weight.reshape(weight.shape[0], -1, 1, 1), bias, groups=wg)
+
+
+SAMPLERS = {"grid_sample": deform_conv2d, "gather": deform_conv2d_gather, "conv": deform_conv2d_conv}
 
 
 class DeformConv2d(nn.Module):
