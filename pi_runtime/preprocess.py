@@ -6,6 +6,7 @@ accuracy numbers were measured on.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +105,10 @@ def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     path = Path(path)
     check_readable_file(path)
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # our own pixel budget below says it more usefully
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             w, h = im.size
             if max_pixels and w * h > max_pixels:
                 raise ImageError(f"{path}: {w}x{h} is {w * h / 1e6:.1f} Mpx, over the {max_pixels / 1e6:g} Mpx "
@@ -116,5 +120,7 @@ def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
             return to_rgb_array(im)
     except ImageError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: refused before decoding ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, ValueError, SyntaxError, struct.error ...
         raise ImageError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
