@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eris.backbones.stdc import FeatureInfo, LoadReport
+from eris.backbones.stdc import FeatureInfo, LoadReport, load_matching, read_state_dict
 
 __all__ = ["EfficientNetLite", "LITE_VARIANTS", "LITE_MEAN", "LITE_STD", "build_lite", "lite_weights_path",
            "load_lite_weights"]
@@ -204,21 +204,9 @@ def load_lite_weights(backbone: EfficientNetLite, path: str | Path | None = None
     ``ValueError`` naming the file when no key matches or a tensor has the wrong shape.
     """
     path = Path(path) if path is not None else lite_weights_path(name)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - surface any unpickling problem with the path
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = read_state_dict(path)
     ignored = [] if backbone.with_classifier else sorted(k for k in state if k.startswith(CLASSIFIER_PREFIXES))
     candidates = {k: v for k, v in state.items() if k not in ignored}
     if not any(k.startswith("_blocks.") for k in candidates):
         raise ValueError(f"{path}: no '_blocks.*' keys; is this an EfficientNet(-Lite) checkpoint?")
-    own = backbone.state_dict()
-    for k, v in candidates.items():
-        if k in own and own[k].shape != v.shape:
-            raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, backbone expects {tuple(own[k].shape)}")
-    result = backbone.load_state_dict(candidates, strict=False)
-    return LoadReport(missing=list(result.missing_keys), unexpected=list(result.unexpected_keys), ignored=ignored)
+    return load_matching(backbone, candidates, path, ignored)

@@ -156,6 +156,17 @@ def load_imagenet_weights(backbone: STDCNet, path: str | Path) -> LoadReport:
     naming the file when it holds no ``features.*`` key or a tensor has the wrong shape.
     """
     path = Path(path)
+    state = read_state_dict(path)
+    ignored = sorted(k for k in state if k.startswith(IGNORED_CHECKPOINT_PREFIXES))
+    candidates = {k: v for k, v in state.items() if k not in ignored}
+    if not any(k.startswith("features.") for k in candidates):
+        raise ValueError(f"{path}: no 'features.*' keys; is this an STDC ImageNet checkpoint?")
+    return load_matching(backbone, candidates, path, ignored)
+
+
+def read_state_dict(path: Path) -> dict:
+    """A state dict from a ``.safetensors`` file or a PyTorch checkpoint (bare or under
+    ``state_dict``), with DataParallel's ``module.`` prefix stripped; errors name the file."""
     try:
         if path.suffix == ".safetensors":  # e.g. the output of python -m eris.backbone_distill
             from safetensors.torch import load_file
@@ -168,11 +179,11 @@ def load_imagenet_weights(backbone: STDCNet, path: str | Path) -> LoadReport:
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, found {type(ckpt).__name__}")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    ignored = sorted(k for k in state if k.startswith(IGNORED_CHECKPOINT_PREFIXES))
-    candidates = {k: v for k, v in state.items() if k not in ignored}
-    if not any(k.startswith("features.") for k in candidates):
-        raise ValueError(f"{path}: no 'features.*' keys; is this an STDC ImageNet checkpoint?")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def load_matching(backbone: nn.Module, candidates: dict, path: Path, ignored: list[str]) -> LoadReport:
+    """Loads ``candidates`` by key after checking shapes; reports what stayed missing or matched nothing."""
     own = backbone.state_dict()
     for k, v in candidates.items():
         if k in own and own[k].shape != v.shape:

@@ -176,6 +176,15 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | 
     normalised ``(2p + 1) / size - 1`` and reads outside corners as zero, which is exactly DCN's
     bilinear rule. Exports to ONNX ``GridSample``.
     """
+    sampled, wg, out_hw = _grid_samples(input, offset, weight, mask, stride, padding, dilation)
+    b, c = input.shape[:2]
+    columns = sampled.permute(0, 4, 5, 1, 2, 3).reshape(b, out_hw[0] * out_hw[1], c * sampled.shape[3])
+    return _matmul_taps(columns, weight, bias, wg, out_hw)
+
+
+def _grid_samples(input: Tensor, offset: Tensor, weight: Tensor, mask: Tensor | None, stride, padding, dilation):
+    """The modulated samples ``[B, G, C/G, K, Ho, Wo]`` from one ``grid_sample`` call, the weight
+    groups and the output size (shared by the matmul and the 1x1-conv formulations)."""
     stride, padding, dilation, kernel, wg, og, out_hw = _check_and_geometry(
         input, offset, weight, mask, stride, padding, dilation)
     b, c, h, w = input.shape
@@ -189,8 +198,7 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | 
     sampled = sampled.reshape(b, og, cg, k, out_hw[0], out_hw[1])
     if mask is not None:
         sampled = sampled * mask.reshape(b, og, 1, k, out_hw[0], out_hw[1])
-    columns = sampled.permute(0, 4, 5, 1, 2, 3).reshape(b, out_hw[0] * out_hw[1], c * k)
-    return _matmul_taps(columns, weight, bias, wg, out_hw)
+    return sampled, wg, out_hw
 
 
 def deform_conv2d_conv(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None,
@@ -203,19 +211,9 @@ def deform_conv2d_conv(input: Tensor, offset: Tensor, weight: Tensor, bias: Tens
     an INT8 ``QLinearConv`` over NCHW data, with no NHWC<->NCHW transposes around the sampling
     (the matmul form needs the samples pixel-major). Same weights, same result.
     """
-    stride, padding, dilation, kernel, wg, og, out_hw = _check_and_geometry(
-        input, offset, weight, mask, stride, padding, dilation)
-    b, c, h, w = input.shape
-    k = kernel[0] * kernel[1]
-    cg = c // og
-    py, px = _sample_positions(offset, stride, padding, dilation, kernel, og, out_hw)
-    grid = torch.stack(((2 * px + 1) / w - 1, (2 * py + 1) / h - 1), dim=-1)  # [B, G, K, Ho, Wo, 2]
-    grid = grid.reshape(b * og, k * out_hw[0], out_hw[1], 2)
-    sampled = F.grid_sample(input.reshape(b * og, cg, h, w), grid, mode="bilinear",
-                            padding_mode="zeros", align_corners=False)  # [B*G, Cg, K*Ho, Wo]
-    if mask is not None:
-        sampled = sampled.reshape(b, og, cg, k, out_hw[0], out_hw[1]) * mask.reshape(b, og, 1, k, out_hw[0], out_hw[1])
-    columns = sampled.reshape(b, c * k, out_hw[0], out_hw[1])
+    sampled, wg, out_hw = _grid_samples(input, offset, weight, mask, stride, padding, dilation)
+    b, c = input.shape[:2]
+    columns = sampled.reshape(b, c * sampled.shape[3], out_hw[0], out_hw[1])  # a view: no transpose
     return F.conv2d(columns, weight.reshape(weight.shape[0], -1, 1, 1), bias, groups=wg)
 
 
