@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eris.backbones.stdc import FeatureInfo, LoadReport, load_matching, read_state_dict
+from eris.backbones.stdc import FeatureInfo, LoadReport, StagedBackbone, load_matching, read_state_dict
 
 __all__ = ["EfficientNetLite", "LITE_VARIANTS", "LITE_MEAN", "LITE_STD", "build_lite", "lite_weights_path",
            "load_lite_weights"]
@@ -112,7 +112,7 @@ class MBConv(nn.Module):
         return y + x if self.residual else y
 
 
-class EfficientNetLite(nn.Module):
+class EfficientNetLite(StagedBackbone):
     """EfficientNet-Lite feature extractor, run stage by stage (see the module docstring)."""
 
     def __init__(self, width: float = 1.0, depth: float = 1.0, with_classifier: bool = False):
@@ -153,15 +153,6 @@ class EfficientNetLite(nn.Module):
         for block in self._blocks[start:end]:
             x = block(x)
         return x
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        """Features at strides 8, 16, 32 (input already normalised)."""
-        x = self.forward_stem(x)
-        outs = []
-        for i in range(len(self.stage_bounds)):
-            x = self.forward_stage(i, x)
-            outs.append(x)
-        return outs
 
     def classify(self, x: Tensor) -> Tensor:
         """ImageNet logits ``[B, 1000]`` for an input normalised with LITE_MEAN / LITE_STD."""

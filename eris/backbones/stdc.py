@@ -81,7 +81,23 @@ class CatBottleneck(nn.Module):
         return torch.cat(outs, dim=1)
 
 
-class STDCNet(nn.Module):
+class StagedBackbone(nn.Module):
+    """What ERIS needs of a backbone: ``forward_stem``, ``forward_stage(i, x)`` for the stages
+    ending at strides 8, 16, 32, and ``feature_info``; ``forward`` runs them without fusion."""
+
+    stage_bounds: list[tuple[int, int]]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """Plain backbone pass (no fusion): features at strides 8, 16, 32."""
+        x = self.forward_stem(x)
+        outs = []
+        for i in range(len(self.stage_bounds)):
+            x = self.forward_stage(i, x)
+            outs.append(x)
+        return outs
+
+
+class STDCNet(StagedBackbone):
     """STDC feature extractor run stage by stage.
 
     ``stem`` is ``features[0:2]`` (stride 4); stage ``i`` of ``stage_bounds`` ends at strides
@@ -122,15 +138,6 @@ class STDCNet(nn.Module):
         for j in range(start, end):
             x = self.features[j](x)
         return x
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        """Plain backbone pass (no fusion): features at strides 8, 16, 32."""
-        x = self.forward_stem(x)
-        outs = []
-        for i in range(len(self.stage_bounds)):
-            x = self.forward_stage(i, x)
-            outs.append(x)
-        return outs
 
 
 def build_stdc(name: str) -> STDCNet:
