@@ -133,7 +133,7 @@ class Segmenter:
 
         if not {"int8", "fp32"} <= set(images):
             only = sorted(images)[0]
-            return only, f"the only image graph in the bundle", self._image_session(only)
+            return only, "the only image graph in the bundle", self._image_session(only)
         key = prec.cache_key(self.bundle, self.threads)
         entry = prec.cached_choice(key)
         if entry is not None:

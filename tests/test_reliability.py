@@ -26,6 +26,7 @@ from pi_runtime.bundle import BundleError, load_manifest, verify_bundle
 from pi_runtime.phrases import PhraseError, check_phrase, printable
 from pi_runtime.preprocess import ImageError, load_image
 from pi_runtime.segmenter import Segmenter
+from tests.test_pi_runtime_cli import _run
 
 
 @pytest.fixture
@@ -35,10 +36,6 @@ def img(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(d / "a.jpg")
     return d
-
-
-def _run(bundle, *args):
-    return runtime_main(["--bundle", str(bundle / "bundle"), "--threads", "1", "--precision", "fp32", *args])
 
 
 def _manifest(path, rows):

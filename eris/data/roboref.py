@@ -214,7 +214,9 @@ def _add_object(sim, obj: RoboObject, position, orientation) -> int:
     if obj.textured:
         p.changeVisualShape(body, -1, rgbaColor=[1, 1, 1, 1], physicsClientId=cid)
     else:
-        tex = sim.setdefault("white_id", p.loadTexture(sim["white"], physicsClientId=cid))
+        if "white_id" not in sim:  # once per world (resetSimulation drops textures), not per object
+            sim["white_id"] = p.loadTexture(sim["white"], physicsClientId=cid)
+        tex = sim["white_id"]
         p.changeVisualShape(body, -1, rgbaColor=rgba, textureUniqueId=tex, physicsClientId=cid)
         for j in range(p.getNumJoints(body, physicsClientId=cid)):
             p.changeVisualShape(body, j, rgbaColor=rgba, textureUniqueId=tex, physicsClientId=cid)
@@ -230,8 +232,7 @@ def _build(sim, scene: RoboScene, place: bool, rng: np.random.Generator | None =
     sim.pop("white_id", None)
     p.setGravity(0, 0, -9.81, physicsClientId=cid)
     surface = p.loadURDF(os.path.join(sim["data"], "plane.urdf"), physicsClientId=cid)
-    kind, tex_path = sim["textures"][scene.surface["texture"]]
-    tex = sim.setdefault(f"tex{scene.surface['texture']}", None)
+    _, tex_path = sim["textures"][scene.surface["texture"]]
     tex = p.loadTexture(tex_path, physicsClientId=cid)
     p.changeVisualShape(surface, -1, rgbaColor=[*scene.surface["rgb"], 1], textureUniqueId=tex, physicsClientId=cid)
     if scene.surface.get("wall") is not None:
@@ -256,8 +257,7 @@ def _build(sim, scene: RoboScene, place: bool, rng: np.random.Generator | None =
         q = p.getQuaternionFromEuler([0, 0, yaw])
         if obj.on is not None:
             x, y, _ = placed[obj.on]
-            lo, hi = p.getAABB(bodies[obj.on], physicsClientId=cid)
-            floor = hi[2] + 0.003
+            floor = p.getAABB(bodies[obj.on], physicsClientId=cid)[1][2] + 0.003
         else:
             for _ in range(50):
                 x, y = (float(v) for v in rng.uniform(-spread, spread, 2))
