@@ -1,26 +1,31 @@
 """Trace-friendly wrappers that split ERIS into the two graphs the Pi runs.
 
-* **text graph** ``(input_ids, attention_mask) -> TEXT_OUTPUTS``: everything that depends only
-  on the phrase; run once per phrase and cached.
-* **image graph** ``(image, attention_mask, *TEXT_OUTPUTS) -> logits``: ``image`` is **uint8
-  NHWC RGB** (what PIL, numpy and picamera2 hand over), cast and normalised inside the graph;
-  ``logits`` are ``[B, 1, H/4, W/4]``.
+* **text graph** ``(input_ids, attention_mask) -> (text_tokens, token_mask)``: the text encoder
+  alone, run once per phrase and cached. ``text_tokens`` are the encoder's token features
+  ``[B, L, D]``; ``token_mask`` is the attention mask as float ``[B, L]`` (1 = real token).
+  With a frozen encoder this graph is the same file for every retrained model, so the
+  repository's history stores it once.
+* **image graph** ``(image, text_tokens, token_mask) -> logits``: ``image`` is **uint8 NHWC
+  RGB** (what PIL, numpy and picamera2 hand over), cast and normalised inside the graph; the
+  model's trained text projections (fusion keys/values, IAM gates, Q_0: a few small matmuls)
+  run here too; ``logits`` are ``[B, 1, H/4, W/4]``. Every phrase-side input is float, so any
+  quantizer (onnxruntime's, LiteRT's PT2E) sees no int64 tensor in this graph.
 
 Names are fixed here so the runtime and the manifest agree on them.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from eris.model import ERIS, TextFeatures
+from eris.model import ERIS
 
 __all__ = ["TextGraph", "ImageGraph", "TEXT_INPUTS", "TEXT_OUTPUTS", "IMAGE_INPUTS", "IMAGE_OUTPUTS"]
 
 TEXT_INPUTS = ["input_ids", "attention_mask"]
-TEXT_OUTPUTS = ["fusion_key_0", "fusion_key_1", "fusion_key_2", "fusion_value_0", "fusion_value_1", "fusion_value_2",
-                "iam_gate_0", "iam_gate_1", "iam_gate_2", "query0"]
-IMAGE_INPUTS = ["image", "attention_mask", *TEXT_OUTPUTS]
+TEXT_OUTPUTS = ["text_tokens", "token_mask"]
+IMAGE_INPUTS = ["image", *TEXT_OUTPUTS]
 IMAGE_OUTPUTS = ["logits"]
 
 
@@ -29,9 +34,9 @@ class TextGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, ...]:
-        t = self.model.encode_text(input_ids, attention_mask)
-        return (*t.fusion_keys, *t.fusion_values, *t.iam_gates, t.query0)
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        tokens = self.model.text_encoder(input_ids, attention_mask)
+        return tokens, attention_mask.to(torch.float32)
 
 
 class ImageGraph(nn.Module):
@@ -39,10 +44,7 @@ class ImageGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, image: Tensor, attention_mask: Tensor, *text: Tensor) -> Tensor:
-        n = len(self.model.fusions)
-        features = TextFeatures(key_mask=attention_mask.bool(), fusion_keys=list(text[:n]),
-                                fusion_values=list(text[n:2 * n]), iam_gates=list(text[2 * n:3 * n]),
-                                query0=text[3 * n])
+    def forward(self, image: Tensor, text_tokens: Tensor, token_mask: Tensor) -> Tensor:
+        features = self.model.project_text(text_tokens, token_mask > 0.5)
         pixels = image.permute(0, 3, 1, 2).float()
         return self.model.segment(pixels, features).logits

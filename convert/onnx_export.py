@@ -60,7 +60,8 @@ def _text_dims():
 
 
 def export_text_graph(model: ERIS, tokenizer: PhraseTokenizer, path: str | Path, opset: int = OPSET) -> Path:
-    """``input_ids, attention_mask`` (int64 ``[B, L]``) -> the phrase tensors of ``TEXT_OUTPUTS``."""
+    """``input_ids, attention_mask`` (int64 ``[B, L]``) -> ``TEXT_OUTPUTS``: the encoder's token
+    features and the float token mask."""
     path = Path(path)
     batch, tokens = _text_dims()
     ids, mask = _example_text(tokenizer)
@@ -70,8 +71,8 @@ def export_text_graph(model: ERIS, tokenizer: PhraseTokenizer, path: str | Path,
 
 
 def export_image_graph(model: ERIS, tokenizer: PhraseTokenizer, path: str | Path, opset: int = OPSET) -> Path:
-    """``image`` (uint8 NHWC RGB, H and W multiples of 32), ``attention_mask`` and the phrase
-    tensors -> ``logits`` ``[B, 1, H/4, W/4]``."""
+    """``image`` (uint8 NHWC RGB, H and W multiples of 32) and the text graph's float outputs
+    (``text_tokens``, ``token_mask``) -> ``logits`` ``[B, 1, H/4, W/4]``."""
     path = Path(path)
     batch, tokens = _text_dims()
     d = model.config.size_divisor
@@ -80,8 +81,6 @@ def export_image_graph(model: ERIS, tokenizer: PhraseTokenizer, path: str | Path
     with torch.no_grad():
         text = TextGraph(model).eval()(ids, mask)
     image = torch.zeros(ids.shape[0], 3 * d, 4 * d, 3, dtype=torch.uint8)
-    text_shapes = tuple({0: batch, 2: tokens} if n.startswith("fusion_key") else
-                        {0: batch, 3: tokens} if n.startswith("fusion_value") else {0: batch} for n in TEXT_OUTPUTS)
-    _export(ImageGraph(model).eval(), (image, mask, *text), path, IMAGE_INPUTS, IMAGE_OUTPUTS,
-            ({0: batch, 1: height, 2: width}, {0: batch, 1: tokens}, text_shapes), opset)
+    _export(ImageGraph(model).eval(), (image, *text), path, IMAGE_INPUTS, IMAGE_OUTPUTS,
+            ({0: batch, 1: height, 2: width}, {0: batch, 1: tokens}, {0: batch, 1: tokens}), opset)
     return path

@@ -72,10 +72,9 @@ def check_parity(model: ERIS, tokenizer: PhraseTokenizer, text_path: Path, image
         ids, mask = tokenizer([phrase_of_tokens(tokenizer, n) for n in lengths])
         image = rng.integers(0, 256, (case.batch, case.height, case.width, 3), dtype=np.uint8)
         with torch.no_grad():
-            want = image_graph(torch.from_numpy(image), mask, *text_graph(ids, mask)).numpy()
+            want = image_graph(torch.from_numpy(image), *text_graph(ids, mask)).numpy()
         text = text_session.run(TEXT_OUTPUTS, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
-        got = image_session.run(IMAGE_OUTPUTS, {"image": image, "attention_mask": mask.numpy(),
-                                                **dict(zip(TEXT_OUTPUTS, text))})[0]
+        got = image_session.run(IMAGE_OUTPUTS, {"image": image, **dict(zip(TEXT_OUTPUTS, text))})[0]
         if got.shape != want.shape:
             raise AssertionError(f"{image_path}: logits shape {got.shape} != PyTorch {want.shape} for {asdict(case)}")
         out.append(ParityCase(case.height, case.width, case.tokens, case.batch,

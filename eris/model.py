@@ -66,11 +66,18 @@ class ERIS(nn.Module):
             self.text_encoder.requires_grad_(False)
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
-        tokens = self.text_encoder(input_ids, attention_mask)
+        return self.project_text(self.text_encoder(input_ids, attention_mask), attention_mask.bool())
+
+    def project_text(self, tokens: Tensor, key_mask: Tensor) -> TextFeatures:
+        """The trained per-model projections of the encoder's token features ``[B, L, D]``.
+
+        Split from :meth:`encode_text` so the exported text graph can be the (frozen) encoder
+        alone: its file is then byte-identical across retrains and git stores it once, while
+        these few small matmuls run in the image graph (see ``convert.graphs``)."""
         sentence = tokens[:, 0]  # [CLS]
         keys, values = zip(*(f.text_kv(tokens) for f in self.fusions))
         return TextFeatures(
-            key_mask=attention_mask.bool(),
+            key_mask=key_mask,
             fusion_keys=list(keys),
             fusion_values=list(values),
             iam_gates=[iam.text_gate(sentence) for iam in self.iams],

@@ -134,14 +134,21 @@ def validate_manifest(manifest, where: Path | str = "manifest.json") -> None:
     images = s.get("graphs.image", dict, graphs)
     if not images:
         s.fail("graphs.image", "lists no image graph")
+    first_inputs = None
     for precision, spec in images.items():
         key = f"graphs.image.{precision}"
         s.get(key, dict, images)
         graph_files[f"{key}.file"] = s.name(f"{key}.file", spec)
         inputs = s.names(f"{key}.inputs", spec)
-        missing = [n for n in ["image", "attention_mask", *text_outputs] if n not in inputs]
+        missing = [n for n in ["image", *text_outputs] if n not in inputs]
         if missing:
             s.fail(f"{key}.inputs", f"lacks {missing} (the image graph takes the image and the text graph's outputs)")
+        extra = sorted(set(inputs) - {"image", *text_outputs, *TEXT_INPUTS})
+        if extra:
+            s.fail(f"{key}.inputs", f"{extra} come from neither the image nor the text graph")
+        if first_inputs is not None and sorted(inputs) != first_inputs:
+            s.fail(f"{key}.inputs", "differ from the other image graphs' (they share one text graph)")
+        first_inputs = sorted(inputs)
         s.names(f"{key}.outputs", spec)
     files = s.get("files", dict)
     for name, info in files.items():
@@ -211,6 +218,18 @@ def _check_graph(path: Path, spec: dict, role: str):
     return session
 
 
+def phrase_tensors(attention_mask: np.ndarray, text_outputs: list[str], values) -> dict:
+    """Every phrase-side tensor an image graph may take: the text graph's outputs by name, and
+    the tokenizer's ``attention_mask`` (image graphs of bundles exported before the text graph
+    was the encoder alone take it)."""
+    return {"attention_mask": attention_mask, **dict(zip(text_outputs, values))}
+
+
+def image_feeds(inputs: list[str], image: np.ndarray, phrase: dict) -> dict:
+    """The image graph's feeds: ``image`` plus the phrase tensors its manifest ``inputs`` name."""
+    return {n: image if n == "image" else phrase[n] for n in inputs}
+
+
 def verify_bundle(bundle: str | Path) -> dict:
     """Checks checksums, graph inputs/outputs against the manifest, and runs one sample through
     every precision. Returns ``{precision: logits shape}``; raises :class:`BundleError`."""
@@ -230,7 +249,7 @@ def verify_bundle(bundle: str | Path) -> dict:
     shapes = {}
     for precision, spec in manifest["graphs"]["image"].items():
         session = _check_graph(bundle / spec["file"], spec, f"{precision} image")
-        feeds = {"image": image, "attention_mask": mask, **dict(zip(text_spec["outputs"], text))}
+        feeds = image_feeds(spec["inputs"], image, phrase_tensors(mask, text_spec["outputs"], text))
         logits = session.run(None, feeds)[0]
         stride = manifest["output"]["stride"]
         if logits.shape != (1, 1, 2 * d // stride, 3 * d // stride) or not np.isfinite(logits).all():

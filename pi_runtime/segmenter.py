@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pi_runtime.bundle import BundleError, check_files, check_graph_io, load_manifest
+from pi_runtime.bundle import BundleError, check_files, check_graph_io, image_feeds, load_manifest, phrase_tensors
 from pi_runtime.phrases import PhraseError, check_phrase
 from pi_runtime.precision import cpu_has_int8_dot
 from pi_runtime.preprocess import letterbox, load_image, to_rgb_array
@@ -91,6 +91,8 @@ class Segmenter:
         self._text = self._session(text_spec["file"], text_options)
         check_graph_io(self._text, self.bundle / text_spec["file"], text_spec, "text")
         self._text_outputs = text_spec["outputs"]
+        # All image graphs take the same inputs (the manifest check makes sure).
+        self._image_inputs = next(iter(images.values()))["inputs"]
         tok = self.manifest["tokenizer"]
         self.max_tokens = int(tok["max_tokens"])
         self._tokenizer = Tokenizer.from_file(str(self.bundle / tok["file"]))
@@ -196,7 +198,8 @@ class Segmenter:
             return self._cache[key]
         ids, mask = self.tokenize(phrase)
         outputs = self._text.run(self._text_outputs, {"input_ids": ids, "attention_mask": mask})
-        feeds = {"attention_mask": mask, **dict(zip(self._text_outputs, outputs))}
+        feeds = image_feeds(self._image_inputs, None, phrase_tensors(mask, self._text_outputs, outputs))
+        del feeds["image"]
         self._cache[key] = feeds
         if len(self._cache) > TEXT_CACHE_SIZE:
             self._cache.popitem(last=False)

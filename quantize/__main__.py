@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def reader(subset):
         return CalibrationReader(subset, seg._text, seg._text_outputs, seg.tokenize, seg.long_side, seg.divisor,
-                                 seg.max_tokens)
+                                 seg.max_tokens, seg._image_inputs)
 
     fp32_path = bundle / manifest["graphs"]["image"]["fp32"]["file"]
     phrases = [p for _, p in pairs[:100]]

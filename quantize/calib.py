@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
+from pi_runtime.bundle import image_feeds, phrase_tensors
 from pi_runtime.preprocess import letterbox, load_image
 
 __all__ = ["read_pairs", "CalibrationReader", "build_shapes_calibration", "main"]
@@ -44,7 +45,7 @@ def read_pairs(calib_dir: str | Path) -> list[tuple[Path, str]]:
 
 
 class CalibrationReader(CalibrationDataReader):
-    """Feeds ``{image, attention_mask, *text tensors}`` for each pair. ``text_session`` is the fp32
+    """Feeds ``{image, *text tensors}`` (the image graph's ``image_inputs``) for each pair. ``text_session`` is the fp32
     text graph; ``tokenize`` returns int64 ``[1, L]`` ids and mask.
 
     onnxruntime's histogram calibrators stack each tensor across samples, so every feed has one
@@ -54,8 +55,9 @@ class CalibrationReader(CalibrationDataReader):
     """
 
     def __init__(self, pairs: list[tuple[Path, str]], text_session, text_outputs: list[str], tokenize,
-                 long_side: int, divisor: int, max_tokens: int):
+                 long_side: int, divisor: int, max_tokens: int, image_inputs: list[str] | None = None):
         self.pairs, self.text_session, self.text_outputs = pairs, text_session, text_outputs
+        self.image_inputs = image_inputs or ["image", *text_outputs]
         self.tokenize, self.long_side, self.divisor, self.max_tokens = tokenize, long_side, divisor, max_tokens
         self._it = iter(range(len(pairs)))
 
@@ -70,7 +72,7 @@ class CalibrationReader(CalibrationDataReader):
         ids = np.pad(ids, ((0, 0), (0, pad)))
         mask = np.pad(mask, ((0, 0), (0, pad)))
         text = self.text_session.run(self.text_outputs, {"input_ids": ids, "attention_mask": mask})
-        return {"image": canvas, "attention_mask": mask, **dict(zip(self.text_outputs, text))}
+        return image_feeds(self.image_inputs, canvas, phrase_tensors(mask, self.text_outputs, text))
 
     def get_next(self) -> dict | None:
         index = next(self._it, None)

@@ -20,8 +20,24 @@ def test_bundle_files_and_manifest(bundle):
     assert m["preprocessing"]["layout"] == "NHWC" and m["preprocessing"]["dtype"] == "uint8"
     assert m["tokenizer"]["max_tokens"] == 32 and len(m["tokenizer"]["sha256"]) == 64
     assert m["model"]["config"]["name"] == "tiny" and m["metrics"]["torch_fp32"] == {"mIoU": 12.5}
-    assert m["graphs"]["image"]["fp32"]["inputs"][:2] == ["image", "attention_mask"]
+    assert m["graphs"]["text"]["outputs"] == ["text_tokens", "token_mask"]
+    assert m["graphs"]["image"]["fp32"]["inputs"] == ["image", "text_tokens", "token_mask"]
     assert m["parity"]["max_abs_diff"] <= 1e-3 and len(m["parity"]["cases"]) == 3
+
+
+def test_image_graph_takes_only_float_phrase_tensors(bundle):
+    """The image graph's phrase inputs are float (no int64 mask), so every quantizer sees float."""
+    graph = onnx.load(str(bundle / "bundle" / "image_fp32.onnx")).graph
+    types = {i.name: i.type.tensor_type.elem_type for i in graph.input}
+    assert types == {"image": TensorProto.UINT8, "text_tokens": TensorProto.FLOAT, "token_mask": TensorProto.FLOAT}
+
+
+def test_text_graph_is_the_encoder_alone(bundle):
+    """The text graph holds the text encoder's weights and none of the trained projections, so a
+    retrain with a frozen encoder exports the same file."""
+    names = {i.name for i in onnx.load(str(bundle / "bundle" / "text.onnx")).graph.initializer}
+    assert names and not any(n.startswith(("fusions.", "iams.", "tvr.")) or ".fusions." in n or ".iams." in n
+                             or ".tvr." in n for n in names), sorted(names)[:10]
 
 
 def test_parity_on_every_size_length_and_batch(bundle, tokenizer):
