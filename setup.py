@@ -16,7 +16,7 @@ setup(
                                     "pi_runtime", "pi_runtime.*"]),
     # The default model ships inside the package, so `pip install .` carries it (see convert/, quantize/).
     package_data={"pi_runtime": ["bundles/default/*.json", "bundles/default/*.onnx", "bundles/default/*.md",
-                                 "bundles/default/*.sha256"]},
+                                 "bundles/default/*.sha256", "bundles/default/*.tflite"]},
     install_requires=[
         "numpy>=1.24",
         "pillow>=10",

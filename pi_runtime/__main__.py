@@ -4,7 +4,8 @@
     python -m pi_runtime --input jobs.jsonl --output out/      # lines {"image", "phrase", "id"?}
     python -m pi_runtime --camera --text "the red mug" [--json] [--serve] [--save DIR]
     python -m pi_runtime --source video.mp4|frames/|/dev/video0 --text "the red mug" --json
-    python -m pi_runtime bench [--size 640] [--precision int8]
+    python -m pi_runtime --input photos/ --text "the red mug" --output out/ --backend litert   # .tflite graphs
+    python -m pi_runtime bench [--size 640] [--precision int8] [--compare]
     python -m pi_runtime doctor
 
 Batch mode writes ``out/<id>.png`` (0/255 mask at the image's size), ``out/<id>.overlay.jpg`` with
@@ -27,7 +28,8 @@ from pi_runtime.batch import BatchLockedError, DiskFullError, Item, expand_input
 from pi_runtime.phrases import PhraseError, check_phrase
 from pi_runtime.preprocess import DEFAULT_MAX_PIXELS
 from pi_runtime.bundle import BundleError
-from pi_runtime.segmenter import Segmenter
+from pi_runtime.litert import BackendUnavailable
+from pi_runtime.segmenter import BACKENDS, Segmenter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,16 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--capture-size", default="640x480",
                     help="live: camera frame size WxH (default 640x480, the model's 4:3 input; no resize on the CPU)")
     ap.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: the one shipped in the package)")
-    ap.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto",
-                    help="image graph precision; auto = whichever ran faster when both were timed on this machine "
-                         "(the first run times them and caches the choice)")
-    ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: physical cores)")
+    add_backend_arguments(ap)
     ap.add_argument("--long-side", type=int, default=None,
-                    help="model input long side (default: the bundle's, 640; 320 is ~4x faster and less exact)")
+                    help="model input long side (default: the bundle's, 640; 320 is ~4x faster and less exact; "
+                         "ONNX graphs only: .tflite graphs are static)")
     ap.add_argument("--max-pixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
                     help="refuse images larger than this many megapixels, from the header, before decoding "
                          f"(default {DEFAULT_MAX_PIXELS / 1e6:g}: what a 4 GB Pi can decode beside the model)")
     return ap
+
+
+def add_backend_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--backend``, ``--precision`` and ``--threads``: the same on every command."""
+    ap.add_argument("--backend", choices=list(BACKENDS), default="auto",
+                    help="inference package: onnxruntime (.onnx graphs) or litert (.tflite graphs, ai-edge-litert or "
+                         "tflite-runtime); auto = onnxruntime where it is installed and the bundle has ONNX graphs, "
+                         "else litert")
+    ap.add_argument("--precision", choices=["auto", "fp32", "fp16", "int8"], default="auto",
+                    help="image graph precision (fp16: .tflite only); auto = whichever ran faster when the bundle's "
+                         "graphs were timed on this machine (the first run times them and caches the choice)")
+    ap.add_argument("--threads", type=int, default=None, help="inference threads (default: physical cores)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         items = [Item(None, p, phrase) for p in paths]
     try:
-        seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side)
-    except (BundleError, ValueError) as exc:
+        seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side, args.backend)
+    except (BundleError, BackendUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
@@ -145,8 +157,8 @@ def run_live(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side)
-    except (BundleError, ValueError) as exc:
+        seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side, args.backend)
+    except (BundleError, BackendUnavailable, ValueError) as exc:
         source.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2

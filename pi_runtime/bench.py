@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pi_runtime.bundle import BundleError
-from pi_runtime.preprocess import letterbox
-from pi_runtime.segmenter import Segmenter
+from pi_runtime.__main__ import add_backend_arguments
+from pi_runtime.bundle import BundleError, load_manifest
+from pi_runtime.litert import BackendUnavailable, interpreter_package
+from pi_runtime.segmenter import Segmenter, default_bundle_dir, onnxruntime_importable
 
 __all__ = ["main", "pi_health"]
 
@@ -108,13 +109,73 @@ def _alternate(ours, peer, runs: int, warmup: int) -> tuple[list[float], list[fl
     return a, b
 
 
+def backend_name(seg: Segmenter) -> str:
+    if seg.backend == "litert":
+        return f"litert ({seg._image.package}, XNNPACK)"
+    return "onnxruntime " + __import__("onnxruntime").__version__ + " CPUExecutionProvider"
+
+
+def compare(args, frame: np.ndarray) -> int:
+    """Every (backend, precision) image graph the bundle has and this machine can run, timed
+    alternately on the same frame and phrase; the table, then one JSON line."""
+    bundle = args.bundle or default_bundle_dir()
+    try:
+        graphs = load_manifest(bundle)["graphs"]
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    candidates = []
+    if "image" in graphs and onnxruntime_importable():
+        candidates += [("onnxruntime", p) for p in sorted(graphs["image"])]
+    if "litert" in graphs and interpreter_package():
+        candidates += [("litert", p) for p in sorted(graphs["litert"]["image"])]
+    if not candidates:
+        print(f"error: {bundle}: no image graph this machine can run (install onnxruntime or ai-edge-litert)",
+              file=sys.stderr)
+        return 2
+    runners = {}
+    for backend, precision in candidates:
+        try:
+            seg = Segmenter.from_bundle(args.bundle, precision, args.threads,
+                                        long_side=args.size if backend == "onnxruntime" else None, backend=backend)
+        except (BundleError, BackendUnavailable, ValueError) as exc:
+            print(f"error: {backend} {precision}: {exc}", file=sys.stderr)
+            return 2
+        padded, _ = seg.canvas(frame)
+        feeds = {"image": padded[None], **seg.encode(PHRASES[0])}
+        runners[f"{backend} {precision}"] = (seg, feeds, list(padded.shape[:2]))
+    for _ in range(args.warmup):
+        for seg, feeds, _ in runners.values():
+            seg._image.run(None, feeds)
+    times = {k: [] for k in runners}
+    for _ in range(args.runs):
+        for k, (seg, feeds, _) in runners.items():
+            t0 = time.perf_counter()
+            seg._image.run(None, feeds)
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    h, w = frame.shape[:2]
+    print(f"bundle {bundle}  frame {w}x{h}  threads {args.threads or next(iter(runners.values()))[0].threads}  "
+          f"{args.runs} alternating runs")
+    print(f"{'image graph':<24}{'input':>12}{'p50 ms':>10}{'p95 ms':>10}")
+    rows = {}
+    for k, (seg, _, hw) in runners.items():
+        p50, p95 = _percentiles(times[k])
+        rows[k] = {"p50_ms": round(p50, 2), "p95_ms": round(p95, 2), "input_hw": hw, "backend": backend_name(seg)}
+        print(f"{k:<24}{hw[1]:>6}x{hw[0]:<5}{p50:>10.2f}{p95:>10.2f}")
+    print(json.dumps({"compare": rows, "frame_hw": [h, w], "machine": f"{platform.machine()} {platform.system()}"}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pi_runtime bench", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     ap.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: the shipped one)")
-    ap.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto", help="image graph precision")
-    ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: physical cores)")
+    add_backend_arguments(ap)
     ap.add_argument("--size", type=int, default=640,
-                    help="long side of the benchmark frame and of the model input (multiple of 32)")
+                    help="long side of the benchmark frame and of the model input (multiple of 32; .tflite graphs "
+                         "take their own static size)")
+    ap.add_argument("--compare", action="store_true",
+                    help="instead: time every image graph of the bundle (each backend installed here, each "
+                         "precision) alternately in this one process on the same frame, and report them side by side")
     ap.add_argument("--aspect", default="1:1", help="frame aspect W:H, e.g. 4:3 for a camera frame (default 1:1)")
     ap.add_argument("--runs", type=int, default=30, help="timed repetitions")
     ap.add_argument("--warmup", type=int, default=3, help="untimed repetitions first")
@@ -134,10 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     w, h = (args.size, round(args.size * ah / aw)) if aw >= ah else (round(args.size * aw / ah), args.size)
     frame = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
 
+    if args.compare:
+        return compare(args, frame)
     t0 = time.perf_counter()
     try:
-        seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, long_side=args.size)
-    except (BundleError, ValueError) as exc:
+        seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads,
+                                    long_side=args.size if args.backend != "litert" else None, backend=args.backend)
+    except (BundleError, BackendUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     seg.segment(frame, PHRASES[0])
@@ -151,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
     text_ms = _time(new_phrase, args.runs, args.warmup)
     cached_ms = _time(lambda: seg.encode(PHRASES[0]), args.runs, args.warmup)
-    padded, _ = letterbox(frame, seg.long_side, seg.divisor)
+    padded, _ = seg.canvas(frame)
     feeds = {"image": padded[None], **seg.encode(PHRASES[0])}
     image_ms = _time(lambda: seg._image.run(None, feeds), args.runs, args.warmup)
     frame_ms = _time(lambda: seg.segment(frame, PHRASES[0]), args.runs, args.warmup)
@@ -165,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "fps": round(1000.0 / f50, 2), "frame_overhead_pct": round(100.0 * (f50 - i50) / i50, 1),
         "cold_start_ms": round(cold_ms, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
         "input_hw": list(padded.shape[:2]), "frame_hw": [h, w],
-        "backend": "onnxruntime " + __import__("onnxruntime").__version__ + " CPUExecutionProvider",
+        "backend": backend_name(seg),
         "precision": seg.precision, "precision_source": seg.precision_source, "threads": seg.threads,
         "runs": args.runs,
         "machine": f"{platform.machine()} {platform.system()} {platform.release()}",

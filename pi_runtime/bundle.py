@@ -126,30 +126,11 @@ def validate_manifest(manifest, where: Path | str = "manifest.json") -> None:
     if "found_threshold" in out:
         s.number("output.found_threshold", out, 0, 1, exclusive=True)
     graphs = s.get("graphs", dict)
-    text = s.get("graphs.text", dict, graphs)
-    graph_files = {"graphs.text.file": s.name("graphs.text.file", text)}
-    if s.names("graphs.text.inputs", text) != TEXT_INPUTS:
-        s.fail("graphs.text.inputs", f"must be {TEXT_INPUTS}")
-    text_outputs = s.names("graphs.text.outputs", text)
-    images = s.get("graphs.image", dict, graphs)
-    if not images:
-        s.fail("graphs.image", "lists no image graph")
-    first_inputs = None
-    for precision, spec in images.items():
-        key = f"graphs.image.{precision}"
-        s.get(key, dict, images)
-        graph_files[f"{key}.file"] = s.name(f"{key}.file", spec)
-        inputs = s.names(f"{key}.inputs", spec)
-        missing = [n for n in ["image", *text_outputs] if n not in inputs]
-        if missing:
-            s.fail(f"{key}.inputs", f"lacks {missing} (the image graph takes the image and the text graph's outputs)")
-        extra = sorted(set(inputs) - {"image", *text_outputs, *TEXT_INPUTS})
-        if extra:
-            s.fail(f"{key}.inputs", f"{extra} come from neither the image nor the text graph")
-        if first_inputs is not None and sorted(inputs) != first_inputs:
-            s.fail(f"{key}.inputs", "differ from the other image graphs' (they share one text graph)")
-        first_inputs = sorted(inputs)
-        s.names(f"{key}.outputs", spec)
+    graph_files = {}
+    if "text" in graphs or "image" in graphs or "litert" not in graphs:
+        graph_files.update(_validate_onnx_graphs(s, graphs))
+    if "litert" in graphs:
+        graph_files.update(_validate_litert_graphs(s, graphs))
     files = s.get("files", dict)
     for name, info in files.items():
         if not _plain(name):
@@ -163,6 +144,71 @@ def validate_manifest(manifest, where: Path | str = "manifest.json") -> None:
     for key, name in [*graph_files.items(), ("tokenizer.file", tok_file)]:
         if name not in files:
             s.fail(key, f"{name} is not listed (with its sha256) in files")
+
+
+def _validate_image_inputs(s: "_Schema", images: dict, key: str, text_outputs: list[str], graph_files: dict) -> None:
+    if not images:
+        s.fail(key, "lists no image graph")
+    first_inputs = None
+    for precision, spec in images.items():
+        k = f"{key}.{precision}"
+        s.get(k, dict, images)
+        graph_files[f"{k}.file"] = s.name(f"{k}.file", spec)
+        inputs = s.names(f"{k}.inputs", spec)
+        missing = [n for n in ["image", *text_outputs] if n not in inputs]
+        if missing:
+            s.fail(f"{k}.inputs", f"lacks {missing} (the image graph takes the image and the text graph's outputs)")
+        extra = sorted(set(inputs) - {"image", *text_outputs, *TEXT_INPUTS})
+        if extra:
+            s.fail(f"{k}.inputs", f"{extra} come from neither the image nor the text graph")
+        if first_inputs is not None and sorted(inputs) != first_inputs:
+            s.fail(f"{k}.inputs", "differ from the other image graphs' (they share one text graph)")
+        first_inputs = sorted(inputs)
+        s.names(f"{k}.outputs", spec)
+
+
+def _validate_onnx_graphs(s: "_Schema", graphs: dict) -> dict:
+    text = s.get("graphs.text", dict, graphs)
+    graph_files = {"graphs.text.file": s.name("graphs.text.file", text)}
+    if s.names("graphs.text.inputs", text) != TEXT_INPUTS:
+        s.fail("graphs.text.inputs", f"must be {TEXT_INPUTS}")
+    text_outputs = s.names("graphs.text.outputs", text)
+    _validate_image_inputs(s, s.get("graphs.image", dict, graphs), "graphs.image", text_outputs, graph_files)
+    return graph_files
+
+
+def _validate_signature(s: "_Schema", key: str, spec: dict) -> None:
+    """A LiteRT graph's static signature: names, shapes and dtypes, one per manifest input/output."""
+    for side in ("inputs", "outputs"):
+        names = s.names(f"{key}.{side}", spec)
+        sig = s.names(f"{key}.signature_{side}", spec)
+        shapes = s.get(f"{key}.{side[:-1]}_shapes", list, spec)
+        if len(sig) != len(names) or len(shapes) != len(names):
+            s.fail(f"{key}.signature_{side}", f"must name one signature tensor and shape per {side[:-1]}")
+        if not all(isinstance(d, list) and d and all(isinstance(x, int) and x > 0 for x in d) for d in shapes):
+            s.fail(f"{key}.{side[:-1]}_shapes", "must be lists of positive integers")
+    dtypes = s.get(f"{key}.input_dtypes", list, spec)
+    if len(dtypes) != len(spec["inputs"]) or not set(dtypes) <= {"uint8", "int32", "int64", "float32"}:
+        s.fail(f"{key}.input_dtypes", "must give one of uint8, int32, int64, float32 per input")
+
+
+def _validate_litert_graphs(s: "_Schema", graphs: dict) -> dict:
+    lite = s.get("graphs.litert", dict, graphs)
+    hw = s.get("graphs.litert.input_hw", list, lite)
+    if len(hw) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in hw):
+        s.fail("graphs.litert.input_hw", "must be [height, width] in pixels")
+    text = s.get("graphs.litert.text", dict, lite)
+    graph_files = {"graphs.litert.text.file": s.name("graphs.litert.text.file", text)}
+    if s.names("graphs.litert.text.inputs", text) != TEXT_INPUTS:
+        s.fail("graphs.litert.text.inputs", f"must be {TEXT_INPUTS}")
+    _validate_signature(s, "graphs.litert.text", text)
+    images = s.get("graphs.litert.image", dict, lite)
+    _validate_image_inputs(s, images, "graphs.litert.image", text["outputs"], graph_files)
+    for precision, spec in images.items():
+        _validate_signature(s, f"graphs.litert.image.{precision}", spec)
+        if spec["input_shapes"][spec["inputs"].index("image")][1:3] != hw:
+            s.fail(f"graphs.litert.image.{precision}.input_shapes", f"image is not {hw} (graphs.litert.input_hw)")
+    return graph_files
 
 
 def load_manifest(bundle: str | Path) -> dict:
@@ -232,27 +278,52 @@ def image_feeds(inputs: list[str], image: np.ndarray, phrase: dict) -> dict:
 
 def verify_bundle(bundle: str | Path) -> dict:
     """Checks checksums, graph inputs/outputs against the manifest, and runs one sample through
-    every precision. Returns ``{precision: logits shape}``; raises :class:`BundleError`."""
+    every image graph: ``{precision: logits shape}`` for ONNX, ``{"litert_<precision>": ...}``
+    for ``.tflite`` (``"skipped: ..."`` where no LiteRT package is installed). Raises
+    :class:`BundleError`."""
     from tokenizers import Tokenizer
 
     bundle = Path(bundle)
     manifest = load_manifest(bundle)
     check_files(bundle, manifest)
     tok = Tokenizer.from_file(str(bundle / manifest["tokenizer"]["file"]))
-    enc = tok.encode("the red circle on the left")
-    ids = np.array([enc.ids], np.int64)
-    mask = np.array([enc.attention_mask], np.int64)
-    text_spec = manifest["graphs"]["text"]
-    text = _check_graph(bundle / text_spec["file"], text_spec, "text").run(None, {"input_ids": ids, "attention_mask": mask})
-    d = manifest["preprocessing"]["size_divisor"]
-    image = np.zeros((1, 2 * d, 3 * d, 3), np.uint8)
+    ids = np.array([tok.encode("the red circle on the left").ids], np.int64)
+    mask = np.ones_like(ids)
+    graphs, stride = manifest["graphs"], manifest["output"]["stride"]
     shapes = {}
-    for precision, spec in manifest["graphs"]["image"].items():
-        session = _check_graph(bundle / spec["file"], spec, f"{precision} image")
-        feeds = image_feeds(spec["inputs"], image, phrase_tensors(mask, text_spec["outputs"], text))
-        logits = session.run(None, feeds)[0]
-        stride = manifest["output"]["stride"]
-        if logits.shape != (1, 1, 2 * d // stride, 3 * d // stride) or not np.isfinite(logits).all():
-            raise BundleError(f"{bundle / spec['file']}: unexpected output {logits.shape} for a {2 * d}x{3 * d} image")
-        shapes[precision] = list(logits.shape)
+
+    def check_logits(logits, path: Path, hw) -> list:
+        if logits.shape != (1, 1, hw[0] // stride, hw[1] // stride) or not np.isfinite(logits).all():
+            raise BundleError(f"{path}: unexpected output {logits.shape} for a {hw[0]}x{hw[1]} image")
+        return list(logits.shape)
+
+    if "text" in graphs:
+        text_spec = graphs["text"]
+        text = _check_graph(bundle / text_spec["file"], text_spec, "text").run(
+            None, {"input_ids": ids, "attention_mask": mask})
+        d = manifest["preprocessing"]["size_divisor"]
+        image = np.zeros((1, 2 * d, 3 * d, 3), np.uint8)
+        for precision, spec in graphs["image"].items():
+            session = _check_graph(bundle / spec["file"], spec, f"{precision} image")
+            feeds = image_feeds(spec["inputs"], image, phrase_tensors(mask, text_spec["outputs"], text))
+            shapes[precision] = check_logits(session.run(None, feeds)[0], bundle / spec["file"], image.shape[1:3])
+    if "litert" in graphs:
+        from pi_runtime.litert import INSTALL_HINT, LiteRTGraph, interpreter_package
+
+        lite = graphs["litert"]
+        if interpreter_package() is None:
+            return {**shapes, **{f"litert_{p}": f"skipped: {INSTALL_HINT}" for p in lite["image"]}}
+        n = int(manifest["tokenizer"]["max_tokens"])
+        padded = np.zeros((1, n), np.int64)
+        padded[0, :min(n, ids.shape[1])] = ids[0, :n]
+        pmask = (padded != 0).astype(np.int64)
+        text_spec = lite["text"]
+        text = LiteRTGraph(bundle / text_spec["file"], text_spec, 1, "text").run(
+            None, {"input_ids": padded, "attention_mask": pmask})
+        image = np.zeros((1, *lite["input_hw"], 3), np.uint8)
+        for precision, spec in lite["image"].items():
+            graph = LiteRTGraph(bundle / spec["file"], spec, 1, f"{precision} image")
+            feeds = image_feeds(spec["inputs"], image, phrase_tensors(pmask, text_spec["outputs"], text))
+            shapes[f"litert_{precision}"] = check_logits(graph.run(None, feeds)[0], bundle / spec["file"],
+                                                         lite["input_hw"])
     return shapes

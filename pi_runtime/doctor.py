@@ -15,18 +15,16 @@ import struct
 import sys
 from pathlib import Path
 
-from pi_runtime.bundle import BundleError, verify_bundle
+from pi_runtime.bundle import BundleError, load_manifest, verify_bundle
+from pi_runtime.litert import BackendUnavailable, interpreter_package, load_interpreter
 from pi_runtime.precision import cpu_has_int8_dot
 from pi_runtime.segmenter import Segmenter, default_bundle_dir, physical_cores
 
 __all__ = ["main", "run_checks"]
 
-REQUIRED = ("numpy", "PIL", "tokenizers", "onnxruntime")
+REQUIRED = ("numpy", "PIL", "tokenizers")
 OPTIONAL = {"picamera2": "live camera (sudo apt install python3-picamera2; venv with --system-site-packages)",
-            "cv2": "videos and USB webcams for --source (pip install opencv-python-headless)",
-            # The runtime does not load .tflite graphs yet (a LiteRT backend is an open issue): say so
-            # instead of naming the package as needed for something nothing does.
-            "ai_edge_litert": "checking .tflite exports from python -m convert.tflite only; the runtime runs ONNX"}
+            "cv2": "videos and USB webcams for --source (pip install opencv-python-headless)"}
 
 
 def _version(module) -> str:
@@ -49,6 +47,7 @@ def run_checks(bundle: Path | None = None) -> list[tuple[str, str, str]]:
             rows.append(("OK", f"package {name}", _version(module)))
         except ImportError as exc:
             rows.append(("FAIL", f"package {name}", f"{exc} - pip install .  (in the eris-pi checkout)"))
+    rows.extend(_backend_rows(bundle))
     for name, why in OPTIONAL.items():
         try:
             module = importlib.import_module(name)
@@ -67,12 +66,47 @@ def run_checks(bundle: Path | None = None) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _backend_rows(bundle: Path | None) -> list[tuple[str, str, str]]:
+    """One row per backend: importable or not, and which of the bundle's graphs it can run. FAIL
+    only when no backend can run the bundle."""
+    try:
+        graphs = load_manifest(Path(bundle) if bundle else default_bundle_dir())["graphs"]
+    except BundleError:
+        graphs = {}
+    onnx = sorted(graphs.get("image", {}))
+    lite = sorted(graphs.get("litert", {}).get("image", {}))
+    rows, runnable = [], False
+    try:
+        version = importlib.import_module("onnxruntime").__version__
+        runnable |= bool(onnx)
+        rows.append(("OK", "backend onnxruntime", f"{version}; runs the bundle's ONNX graphs: "
+                     + (", ".join(onnx) if onnx else "none (the bundle has no .onnx graphs)")))
+    except ImportError:
+        rows.append(("WARN", "backend onnxruntime", "not installed (pip install onnxruntime); "
+                     f"needed for the bundle's ONNX graphs {', '.join(onnx) or '(none)'}"))
+    package = interpreter_package()
+    if package:
+        runnable |= bool(lite)
+        rows.append(("OK", "backend litert", f"{package}; runs the bundle's .tflite graphs: "
+                     + (", ".join(lite) if lite else "none (add them with python -m convert.tflite --bundle)")))
+    else:
+        try:
+            load_interpreter()
+        except BackendUnavailable as exc:
+            why = str(exc)
+        rows.append(("WARN", "backend litert", f"{why}; needed for the bundle's .tflite graphs {', '.join(lite) or '(none)'}"))
+    if graphs and not runnable:
+        rows.append(("FAIL", "backends", "no installed backend can run this bundle's graphs"))
+    return rows
+
+
 def _precision_check(bundle: Path | None) -> tuple[str, str, str]:
     try:
         seg = Segmenter.from_bundle(bundle, "auto")
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         return ("FAIL", "precision auto", str(exc))
-    return ("INFO", "precision auto", f"{seg.precision} with {seg.threads} threads: {seg.precision_source}")
+    return ("INFO", "precision auto", f"{seg.backend} {seg.precision} with {seg.threads} threads: "
+            f"{seg.precision_source}")
 
 
 def _camera_check() -> tuple[str, str, str]:

@@ -67,7 +67,7 @@ def _read() -> dict:
 
 def cached_choice(key: str) -> dict | None:
     entry = _read().get(key)
-    return entry if isinstance(entry, dict) and entry.get("precision") in ("int8", "fp32") else None
+    return entry if isinstance(entry, dict) and entry.get("precision") in ("int8", "fp16", "fp32") else None
 
 
 def remember(key: str, entry: dict) -> bool:
@@ -82,10 +82,11 @@ def remember(key: str, entry: dict) -> bool:
         return False
 
 
-def measure(sessions: dict, text_feeds: dict, long_side: int, divisor: int) -> dict:
-    """Median ms of each image graph on a 4:3 frame at ``long_side``, run alternately."""
-    h = -(-round(long_side * 3 / 4) // divisor) * divisor
-    feeds = {"image": np.zeros((1, h, long_side, 3), np.uint8), **text_feeds}
+def measure(sessions: dict, text_feeds: dict, long_side: int, divisor: int, hw: tuple | None = None) -> dict:
+    """Median ms of each image graph on a 4:3 frame at ``long_side`` (or of exactly ``hw``, for
+    static graphs), run alternately."""
+    h, w = hw or (-(-round(long_side * 3 / 4) // divisor) * divisor, long_side)
+    feeds = {"image": np.zeros((1, h, w, 3), np.uint8), **text_feeds}
     for s in sessions.values():  # warm-up: first runs allocate and pick kernels
         s.run(None, feeds)
     times: dict[str, list[float]] = {p: [] for p in sessions}

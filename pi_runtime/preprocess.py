@@ -45,6 +45,19 @@ def letterbox(image: np.ndarray, long_side: int, divisor: int = 32) -> tuple[np.
     return out, Letterbox((h, w), (rh, rw), (ph, pw))
 
 
+def letterbox_into(image: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+    """Resizes to fit inside ``hw`` (aspect kept) and pads bottom/right with zeros to exactly
+    ``hw``: the input of a static-shaped graph (LiteRT). A 4:3 frame fills a 480x640 canvas."""
+    h, w = image.shape[:2]
+    H, W = hw
+    scale = min(H / h, W / w)
+    rh, rw = min(H, max(1, round(h * scale))), min(W, max(1, round(w * scale)))
+    resized = np.asarray(Image.fromarray(image).resize((rw, rh), Image.BILINEAR)) if (rh, rw) != (h, w) else image
+    out = np.zeros((H, W, 3), np.uint8)
+    out[:rh, :rw] = resized
+    return out, Letterbox((h, w), (rh, rw), (H, W))
+
+
 def to_rgb_array(image) -> np.ndarray:
     """An ``H x W x 3`` uint8 RGB array from a PIL image (any mode, EXIF orientation applied) or
     an array (``H x W``, ``H x W x 1/3/4``, uint8 or uint16)."""

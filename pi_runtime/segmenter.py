@@ -23,9 +23,9 @@ from PIL import Image
 from pi_runtime.bundle import BundleError, check_files, check_graph_io, image_feeds, load_manifest, phrase_tensors
 from pi_runtime.phrases import PhraseError, check_phrase
 from pi_runtime.precision import cpu_has_int8_dot
-from pi_runtime.preprocess import letterbox, load_image, to_rgb_array
+from pi_runtime.preprocess import letterbox, letterbox_into, load_image, to_rgb_array
 
-__all__ = ["Segmenter", "Result", "cpu_has_int8_dot", "PhraseError"]
+__all__ = ["Segmenter", "Result", "cpu_has_int8_dot", "PhraseError", "choose_backend", "BACKENDS"]
 
 TEXT_CACHE_SIZE = 32
 
@@ -70,19 +70,76 @@ def default_bundle_dir() -> Path:
     return Path(__file__).resolve().parent / "bundles" / "default"
 
 
+BACKENDS = ("auto", "onnxruntime", "litert")
+
+
+def onnxruntime_importable() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_backend(bundle: Path, manifest: dict, asked: str) -> str:
+    """``onnxruntime`` or ``litert``: what ``asked`` allows with this bundle's graphs and the
+    installed packages. ``auto`` prefers onnxruntime (it ran the INT8 image graph faster than
+    LiteRT on the x86 machines measured; no Pi has been measured yet) and falls back to LiteRT
+    where onnxruntime is not installed or the bundle has only ``.tflite`` graphs."""
+    from pi_runtime.litert import BackendUnavailable, load_interpreter
+
+    if asked not in BACKENDS:
+        raise ValueError(f"backend {asked!r}: choose one of {', '.join(BACKENDS)}")
+    has_onnx, has_lite = "text" in manifest["graphs"], "litert" in manifest["graphs"]
+    ort_ok = has_onnx and onnxruntime_importable()
+    if asked == "onnxruntime" or asked == "auto" and has_onnx and ort_ok:
+        if not has_onnx:
+            raise BundleError(f"{bundle}: has no ONNX graphs (only .tflite: use --backend litert)")
+        if not ort_ok:
+            raise BackendUnavailable("the onnxruntime backend needs onnxruntime: pip install onnxruntime")
+        return "onnxruntime"
+    if not has_lite:
+        if asked == "litert":
+            raise BundleError(f"{bundle}: has no .tflite graphs (add them with python -m convert.tflite --bundle)")
+        raise BackendUnavailable("the bundle's ONNX graphs need onnxruntime: pip install onnxruntime")
+    load_interpreter()  # raises, saying which package to install
+    return "litert"
+
+
 class Segmenter:
     def __init__(self, bundle: str | Path, precision: str = "auto", threads: int | None = None,
-                 long_side: int | None = None):
-        import onnxruntime as ort
+                 long_side: int | None = None, backend: str = "auto"):
         from tokenizers import Tokenizer
 
         self.bundle = Path(bundle)
         self.manifest = load_manifest(self.bundle)
         check_files(self.bundle, self.manifest)
+        self.backend = choose_backend(self.bundle, self.manifest, backend)
+        self.threads = threads or physical_cores()
+        tok = self.manifest["tokenizer"]
+        self.max_tokens = int(tok["max_tokens"])
+        self._tokenizer = Tokenizer.from_file(str(self.bundle / tok["file"]))
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+        pre = self.manifest["preprocessing"]
+        self.long_side, self.divisor = int(pre["long_side"]), int(pre["size_divisor"])
+        self.stride = int(self.manifest["output"]["stride"])
+        self._cache: OrderedDict[str, dict] = OrderedDict()
+        if self.backend == "litert":
+            self._init_litert(precision, long_side)
+        else:
+            self._init_onnx(precision, long_side)
+        self.threshold = float(self.manifest["output"]["threshold"])
+        # "Is it there?" has its own threshold on the peak probability where the bundle records one
+        # calibrated on val with absent-target phrases (python -m convert.found); else the mask's.
+        self.found_threshold = float(self.manifest["output"].get("found_threshold", self.threshold))
+
+    def _init_onnx(self, precision: str, long_side: int | None) -> None:
+        import onnxruntime as ort
+
         images = self.manifest["graphs"]["image"]
         if precision != "auto" and precision not in images:
             raise BundleError(f"{self.bundle}: no {precision} image graph (has {', '.join(sorted(images))})")
-        self.threads = threads or physical_cores()
         # The text graph runs once per new phrase, so it is left unoptimised: constant folding
         # would turn its fp16-stored weights into a second, fp32 copy (~45 MB more resident).
         text_options = self._session_options()
@@ -93,30 +150,45 @@ class Segmenter:
         self._text_outputs = text_spec["outputs"]
         # All image graphs take the same inputs (the manifest check makes sure).
         self._image_inputs = next(iter(images.values()))["inputs"]
-        tok = self.manifest["tokenizer"]
-        self.max_tokens = int(tok["max_tokens"])
-        self._tokenizer = Tokenizer.from_file(str(self.bundle / tok["file"]))
-        self._tokenizer.no_padding()
-        self._tokenizer.no_truncation()
-        pre = self.manifest["preprocessing"]
-        self.long_side, self.divisor = int(pre["long_side"]), int(pre["size_divisor"])
+        self.input_hw = None  # any multiple of the divisor
         if long_side is not None:  # the graphs take any multiple of the divisor; smaller is faster, less exact
             if long_side < 2 * self.divisor or long_side % self.divisor:
                 raise ValueError(f"long side {long_side}: must be a multiple of {self.divisor}, at least "
                                  f"{2 * self.divisor}")
             self.long_side = int(long_side)
-        self.stride = int(self.manifest["output"]["stride"])
-        self._cache: OrderedDict[str, dict] = OrderedDict()
         if precision == "auto":
-            precision, self.precision_source, self._image = self._auto_precision(images)
+            precision, self.precision_source, self._image = self._auto_precision(images, self._image_session)
         else:
             self.precision_source = "asked for"
             self._image = self._image_session(precision)
         self.precision = precision
-        self.threshold = float(self.manifest["output"]["threshold"])
-        # "Is it there?" has its own threshold on the peak probability where the bundle records one
-        # calibrated on val with absent-target phrases (python -m convert.found); else the mask's.
-        self.found_threshold = float(self.manifest["output"].get("found_threshold", self.threshold))
+
+    def _init_litert(self, precision: str, long_side: int | None) -> None:
+        from pi_runtime.litert import LiteRTGraph
+
+        lite = self.manifest["graphs"]["litert"]
+        images = lite["image"]
+        if precision != "auto" and precision not in images:
+            raise BundleError(f"{self.bundle}: no {precision} .tflite image graph (has {', '.join(sorted(images))})")
+        self.input_hw = tuple(int(x) for x in lite["input_hw"])
+        if long_side is not None and long_side != max(self.input_hw):
+            raise ValueError(f"long side {long_side}: the bundle's .tflite graphs are static, "
+                             f"{self.input_hw[0]}x{self.input_hw[1]}; use --backend onnxruntime to choose a size")
+        self.long_side = max(self.input_hw)
+        text_spec = lite["text"]
+        self._text = LiteRTGraph(self.bundle / text_spec["file"], text_spec, self.threads, "text")
+        self._text_outputs = text_spec["outputs"]
+        self._image_inputs = next(iter(images.values()))["inputs"]
+
+        def session(p):
+            return LiteRTGraph(self.bundle / images[p]["file"], images[p], self.threads, f"{p} image")
+
+        if precision == "auto":
+            precision, self.precision_source, self._image = self._auto_precision(images, session)
+        else:
+            self.precision_source = "asked for"
+            self._image = session(precision)
+        self.precision = precision
 
     def _image_session(self, precision: str):
         # Keep the memory arena (turning it off cost 25 % speed) but not the memory pattern: the
@@ -129,24 +201,27 @@ class Segmenter:
         check_graph_io(session, self.bundle / spec["file"], spec, f"{precision} image")
         return session
 
-    def _auto_precision(self, images: dict):
+    def _auto_precision(self, images: dict, open_graph):
         """``(precision, how it was chosen, its session)``: see :mod:`pi_runtime.precision`."""
         from pi_runtime import precision as prec
 
-        if not {"int8", "fp32"} <= set(images):
-            only = sorted(images)[0]
-            return only, "the only image graph in the bundle", self._image_session(only)
-        key = prec.cache_key(self.bundle, self.threads)
+        if len(images) == 1:
+            only = next(iter(images))
+            return only, "the only image graph in the bundle", open_graph(only)
+        key = prec.cache_key(self.bundle, self.threads) + ("|litert" if self.backend == "litert" else "")
         entry = prec.cached_choice(key)
-        if entry is not None:
+        if entry is not None and entry["precision"] in images:
             return entry["precision"], f"measured earlier on this machine ({entry['ms']})", \
-                self._image_session(entry["precision"])
+                open_graph(entry["precision"])
         try:
-            sessions = {p: self._image_session(p) for p in ("int8", "fp32")}
-            ms = prec.measure(sessions, self.encode("the red mug"), self.long_side, self.divisor)
+            sessions = {p: open_graph(p) for p in images}
+            ms = prec.measure(sessions, self.encode("the red mug"), self.long_side, self.divisor, self.input_hw)
+        except BundleError:
+            raise
         except Exception as exc:  # noqa: BLE001 - timing failed: the CPU flags decide
-            chosen = "int8" if prec.cpu_has_int8_dot() else "fp32"
-            return chosen, f"CPU flags (timing failed: {exc})", self._image_session(chosen)
+            chosen = "int8" if prec.cpu_has_int8_dot() and "int8" in images else \
+                ("fp32" if "fp32" in images else sorted(images)[0])
+            return chosen, f"CPU flags (timing failed: {exc})", open_graph(chosen)
         chosen = min(ms, key=ms.get)
         cached = prec.remember(key, {"precision": chosen, "ms": ms, "long_side": self.long_side})
         how = f"measured now ({ms}){'' if cached else '; not cached: cache directory not writable'}"
@@ -172,23 +247,29 @@ class Segmenter:
 
     @classmethod
     def from_bundle(cls, path: str | Path | None = None, precision: str = "auto", threads: int | None = None,
-                    long_side: int | None = None):
+                    long_side: int | None = None, backend: str = "auto"):
         """``path=None`` loads the bundle shipped inside the package; ``long_side`` overrides the
-        bundle's input size (e.g. 320 on a Pi 4: about 4x faster, less exact)."""
+        bundle's input size (e.g. 320 on a Pi 4: about 4x faster, less exact; ONNX graphs only);
+        ``backend``: ``auto``, ``onnxruntime`` or ``litert`` (:func:`choose_backend`)."""
         if path is None:
             path = default_bundle_dir()
             if not (path / "manifest.json").is_file():
                 raise BundleError(f"{path}: this install has no bundled default model; pass a bundle directory")
-        return cls(Path(path), precision, threads, long_side)
+        return cls(Path(path), precision, threads, long_side, backend)
 
     def tokenize(self, phrase: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(input_ids, attention_mask)`` int64 ``[1, L]``; long phrases are cut with a warning."""
+        """``(input_ids, attention_mask)`` int64 ``[1, L]`` (``L = max_tokens`` for the static LiteRT
+        graphs); long phrases are cut with a warning."""
         ids = self._tokenizer.encode(check_phrase(phrase)).ids
         if len(ids) > self.max_tokens:
             warnings.warn(f"phrase has {len(ids)} tokens; keeping the first {self.max_tokens}", stacklevel=3)
             ids = ids[:self.max_tokens - 1] + ids[-1:]  # keep [SEP]
         ids = np.array([ids], np.int64)
-        return ids, np.ones_like(ids)
+        mask = np.ones_like(ids)
+        if self.backend == "litert":  # static graphs: right-pad to max_tokens (padded tokens are masked)
+            pad = ((0, 0), (0, self.max_tokens - ids.shape[1]))
+            ids, mask = np.pad(ids, pad), np.pad(mask, pad)
+        return ids, mask
 
     def encode(self, phrase: str) -> dict:
         """The phrase's tensors (image-graph inputs), from the cache when seen recently."""
@@ -205,12 +286,19 @@ class Segmenter:
             self._cache.popitem(last=False)
         return feeds
 
+    def canvas(self, image: np.ndarray):
+        """``(model input HxWx3 uint8, Letterbox)``: resized to the long side and padded to the
+        divisor, or letterboxed into the static ``input_hw`` of .tflite graphs."""
+        if self.input_hw is None:
+            return letterbox(image, self.long_side, self.divisor)
+        return letterbox_into(image, self.input_hw)
+
     def logits(self, image: np.ndarray, phrase: str) -> tuple[np.ndarray, dict]:
         """Mask logits at the image's own resolution and timings (ms)."""
         t0 = time.perf_counter()
         text = self.encode(phrase)
         t1 = time.perf_counter()
-        padded, box = letterbox(image, self.long_side, self.divisor)
+        padded, box = self.canvas(image)
         logits = self._image.run(None, {"image": padded[None], **text})[0][0, 0]
         t2 = time.perf_counter()
         # The resized image covers logits [0, rw/stride) x [0, rh/stride): map that box straight

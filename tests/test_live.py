@@ -288,7 +288,7 @@ def test_doctor_reports_each_check_and_fails_on_a_broken_bundle(bundle, tmp_path
 
     assert doctor_main(["--bundle", str(bundle / "bundle")]) == 0
     out = capsys.readouterr().out
-    for check in ("64-bit OS and Python", "package onnxruntime", "CPU int8 dot-product", "camera", "bundle"):
+    for check in ("64-bit OS and Python", "backend onnxruntime", "backend litert", "CPU int8 dot-product", "camera", "bundle"):
         assert check in out
     assert all(line.split()[0] in {"OK", "WARN", "FAIL", "INFO"} for line in out.strip().splitlines())
     broken = shutil.copytree(bundle / "bundle", tmp_path / "b")

@@ -42,13 +42,13 @@ def test_reader_yields_fixed_shape_feeds_with_the_phrase_tensors(bundle, calib):
     for f, (_, phrase) in zip(feeds, pairs):
         assert set(f) == names
         assert f["image"].shape == (1, 640, 640, 3) and f["image"].dtype == np.uint8
-        assert f["attention_mask"].shape == (1, 32)
-        n = int(f["attention_mask"].sum())
+        assert f["token_mask"].shape == (1, 32) and f["token_mask"].dtype == np.float32
+        n = int(f["token_mask"].sum())
         ids, _ = seg.tokenize(phrase)
-        assert n == ids.shape[1]  # real tokens first, padding after
-        # padded phrase tensors equal the unpadded ones on the real tokens
+        assert n == ids.shape[1] and f["token_mask"][0, :n].all()  # real tokens first, padding after
+        # padded token features equal the unpadded ones on the real tokens
         unpadded = seg.encode(phrase)
-        assert np.allclose(f["query0"], unpadded["query0"], atol=1e-5)
+        assert np.allclose(f["text_tokens"][:, :n], unpadded["text_tokens"], atol=1e-5)
     reader.rewind()
     assert np.array_equal(reader.get_next()["image"], feeds[0]["image"])
 
