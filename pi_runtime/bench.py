@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "fps": round(1000.0 / f50, 2), "frame_overhead_pct": round(100.0 * (f50 - i50) / i50, 1),
         "cold_start_ms": round(cold_ms, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
         "input_hw": list(padded.shape[:2]), "frame_hw": [h, w],
-        "backend": backend_name(seg),
+        "backend": backend_name(seg), "backend_source": seg.backend_source,
         "precision": seg.precision, "precision_source": seg.precision_source, "threads": seg.threads,
         "runs": args.runs,
         "machine": f"{platform.machine()} {platform.system()} {platform.release()}",

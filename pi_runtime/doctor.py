@@ -105,8 +105,8 @@ def _precision_check(bundle: Path | None) -> tuple[str, str, str]:
         seg = Segmenter.from_bundle(bundle, "auto")
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         return ("FAIL", "precision auto", str(exc))
-    return ("INFO", "precision auto", f"{seg.backend} {seg.precision} with {seg.threads} threads: "
-            f"{seg.precision_source}")
+    how = seg.precision_source if seg.backend_source.startswith("the only") else seg.backend_source
+    return ("INFO", "precision auto", f"{seg.backend} {seg.precision} with {seg.threads} threads: {how}")
 
 
 def _camera_check() -> tuple[str, str, str]:

@@ -22,7 +22,8 @@ import numpy as np
 
 from pi_runtime.files import atomic_write_bytes
 
-__all__ = ["cache_path", "cpu_model", "cache_key", "cached_choice", "measure", "remember", "cpu_has_int8_dot"]
+__all__ = ["cache_path", "cpu_model", "cache_key", "cached_choice", "measure", "time_alternately", "remember",
+           "cpu_has_int8_dot"]
 
 TIMED_RUNS = 3
 
@@ -87,12 +88,18 @@ def measure(sessions: dict, text_feeds: dict, long_side: int, divisor: int, hw: 
     static graphs), run alternately."""
     h, w = hw or (-(-round(long_side * 3 / 4) // divisor) * divisor, long_side)
     feeds = {"image": np.zeros((1, h, w, 3), np.uint8), **text_feeds}
-    for s in sessions.values():  # warm-up: first runs allocate and pick kernels
-        s.run(None, feeds)
-    times: dict[str, list[float]] = {p: [] for p in sessions}
+    return time_alternately({p: (lambda s=s: s.run(None, feeds)) for p, s in sessions.items()})
+
+
+def time_alternately(runs: dict) -> dict:
+    """Median ms of each zero-argument callable, after one warm-up call each (first runs allocate
+    and pick kernels), calling them in turn so that a busy machine slows all alike."""
+    for fn in runs.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(TIMED_RUNS):
-        for p, s in sessions.items():
+        for k, fn in runs.items():
             t0 = time.perf_counter()
-            s.run(None, feeds)
-            times[p].append((time.perf_counter() - t0) * 1e3)
-    return {p: round(float(np.median(t)), 2) for p, t in times.items()}
+            fn()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: round(float(np.median(t)), 2) for k, t in times.items()}

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from pi_runtime.bundle import BundleError, check_files, check_graph_io, image_feeds, load_manifest, phrase_tensors
+from pi_runtime.litert import interpreter_package
 from pi_runtime.phrases import PhraseError, check_phrase
 from pi_runtime.precision import cpu_has_int8_dot
 from pi_runtime.preprocess import letterbox, letterbox_into, load_image, to_rgb_array
@@ -91,7 +92,7 @@ def choose_backend(bundle: Path, manifest: dict, asked: str) -> str:
     if asked not in BACKENDS:
         raise ValueError(f"backend {asked!r}: choose one of {', '.join(BACKENDS)}")
     has_onnx, has_lite = "text" in manifest["graphs"], "litert" in manifest["graphs"]
-    ort_ok = has_onnx and onnxruntime_importable()
+    ort_ok = asked != "litert" and has_onnx and onnxruntime_importable()
     if asked == "onnxruntime" or asked == "auto" and has_onnx and ort_ok:
         if not has_onnx:
             raise BundleError(f"{bundle}: has no ONNX graphs (only .tflite: use --backend litert)")
@@ -116,6 +117,10 @@ class Segmenter:
         check_files(self.bundle, self.manifest)
         self.backend = choose_backend(self.bundle, self.manifest, backend)
         self.threads = threads or physical_cores()
+        self.backend_source = "asked for" if backend != "auto" else "the only backend that can run the bundle here"
+        if backend == "auto" and precision == "auto" and long_side is None and self.backend == "onnxruntime" \
+                and "litert" in self.manifest["graphs"] and interpreter_package():
+            self.backend, precision, self.backend_source = self._auto_backend()
         tok = self.manifest["tokenizer"]
         self.max_tokens = int(tok["max_tokens"])
         self._tokenizer = Tokenizer.from_file(str(self.bundle / tok["file"]))
@@ -200,6 +205,30 @@ class Segmenter:
         session = self._session(spec["file"], options)
         check_graph_io(session, self.bundle / spec["file"], spec, f"{precision} image")
         return session
+
+    def _auto_backend(self) -> tuple[str, str, str]:
+        """Both backends can run this bundle: time each one's own ``auto`` choice on the same 4:3
+        frame, alternately, once per (bundle, CPU, threads), and keep the faster (cached like
+        the precision; see :mod:`pi_runtime.precision`)."""
+        from pi_runtime import precision as prec
+
+        key = prec.cache_key(self.bundle, self.threads) + "|backend"
+        entry = prec.cached_choice(key)
+        if entry is not None and entry.get("backend") in ("onnxruntime", "litert"):
+            return entry["backend"], entry["precision"], f"measured earlier on this machine ({entry['ms']})"
+        segs = {b: Segmenter(self.bundle, "auto", self.threads, None, b) for b in ("onnxruntime", "litert")}
+        side = int(self.manifest["preprocessing"]["long_side"])
+        frame = np.zeros((3 * side // 4, side, 3), np.uint8)
+        runs = {}
+        for b, seg in segs.items():
+            feeds = {"image": seg.canvas(frame)[0][None], **seg.encode("the red mug")}
+            runs[f"{b} {seg.precision}"] = (lambda s=seg, f=feeds: s._image.run(None, f))
+        ms = prec.time_alternately(runs)
+        best = min(ms, key=ms.get)
+        chosen, chosen_precision = best.split()
+        cached = prec.remember(key, {"backend": chosen, "precision": chosen_precision, "ms": ms})
+        return chosen, chosen_precision, \
+            f"measured now ({ms}){'' if cached else '; not cached: cache directory not writable'}"
 
     def _auto_precision(self, images: dict, open_graph):
         """``(precision, how it was chosen, its session)``: see :mod:`pi_runtime.precision`."""

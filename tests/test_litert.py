@@ -1,6 +1,7 @@
-"""The LiteRT backend on a committed LiteRT-only bundle (``tests/data/make_litert_bundle.py``):
-parity with PyTorch's logits, the CLI with neither onnxruntime nor torch importable, and refusals
-of bad ``.tflite`` files and missing packages. Skips, saying why, where ai-edge-litert is absent."""
+"""The LiteRT backend on a committed tiny bundle with ONNX and ``.tflite`` graphs
+(``tests/data/make_litert_bundle.py``): parity with PyTorch's logits, the choice between
+backends, the CLI with neither onnxruntime nor torch importable, and refusals of bad ``.tflite``
+files and missing packages. Skips, saying why, where ai-edge-litert is absent."""
 
 import json
 import shutil
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from pi_runtime.bundle import BundleError, load_manifest, validate_manifest, verify_bundle, write_manifest
-from pi_runtime.preprocess import load_image
+from pi_runtime.preprocess import letterbox_into, load_image
 
 pytest.importorskip("ai_edge_litert.interpreter", reason="ai-edge-litert is not installed (pip install '.[tflite]')")
 
@@ -24,9 +25,30 @@ EXAMPLES = [json.loads(line) for line in (REPO / "examples" / "manifest.jsonl").
 REFERENCE = np.load(BUNDLE / "reference.npz")
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """``auto`` choices are timed and cached per machine: keep each test's cache to itself."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
 def _raw_logits(seg: Segmenter, i: int) -> np.ndarray:
-    canvas, _ = seg.canvas(load_image(REPO / "examples" / EXAMPLES[i]["image"]))
+    """The image graph's logits on the static 96x128 canvas the reference was computed on."""
+    canvas, _ = letterbox_into(load_image(REPO / "examples" / EXAMPLES[i]["image"]), (96, 128))
     return seg._image.run(None, {"image": canvas[None], **seg.encode(EXAMPLES[i]["phrase"])})[0]
+
+
+def _litert_only(tmp_path) -> Path:
+    """The fixture without its ONNX graphs: what a LiteRT-only bundle looks like."""
+    b = tmp_path / "lite"
+    shutil.copytree(BUNDLE, b)
+    m = json.loads((b / "manifest.json").read_text())
+    for name in ("text.onnx", "image_fp32.onnx"):
+        (b / name).unlink()
+        del m["files"][name]
+    del m["graphs"]["text"], m["graphs"]["image"]
+    m["files"] = list(m["files"])
+    write_manifest(b, m)
+    return b
 
 
 @pytest.mark.parametrize("precision, atol", [("fp32", 1e-4), ("fp16", 5e-3), ("int8", 5e-2)])
@@ -41,21 +63,50 @@ def test_litert_graphs_match_pytorch(precision, atol):
         assert np.mean((got > 0) == (want > 0)) >= (1.0 if precision == "fp32" else 0.97)
 
 
-def test_auto_picks_litert_for_a_litert_only_bundle_and_masks_come_at_image_size():
-    seg = Segmenter(BUNDLE, "int8", threads=1)
+def test_onnx_graphs_of_the_same_bundle_match_pytorch_too():
+    seg = Segmenter(BUNDLE, "fp32", threads=1, backend="onnxruntime")
+    for i in range(len(EXAMPLES)):
+        assert np.abs(_raw_logits(seg, i) - REFERENCE[f"logits_{i}"]).max() <= 1e-4
+
+
+def test_auto_picks_litert_for_a_litert_only_bundle_and_masks_come_at_image_size(tmp_path):
+    seg = Segmenter(_litert_only(tmp_path), "int8", threads=1)
     assert seg.backend == "litert"
     image = load_image(REPO / "examples" / EXAMPLES[0]["image"])
     r = seg.segment(image, EXAMPLES[0]["phrase"])
     assert r.mask.shape == image.shape[:2] and 0.0 <= r.score <= 1.0
 
 
-def test_verify_runs_every_tflite_graph():
-    assert verify_bundle(BUNDLE) == {f"litert_{p}": [1, 1, 24, 32] for p in ("fp16", "fp32", "int8")}
+@pytest.mark.parametrize("faster", ["litert int8", "onnxruntime fp32"])
+def test_auto_backend_takes_the_one_measured_faster_and_caches_it(faster, monkeypatch):
+    from pi_runtime import precision as prec
+
+    timed = []
+
+    def fake_timing(runs):
+        timed.append(sorted(runs))
+        if len(runs) == 2 and any(k.startswith("onnxruntime") for k in runs):  # the backend race
+            return {k: (5.0 if k == faster else 9.0) for k in runs}
+        return {k: (1.0 if k == "int8" else 2.0) for k in runs}  # each backend's precision race: int8
+
+    monkeypatch.setattr(prec, "time_alternately", fake_timing)
+    seg = Segmenter(BUNDLE, threads=1)
+    assert f"{seg.backend} {seg.precision}" == faster
+    assert seg.backend_source.startswith("measured now")
+    n = len(timed)
+    again = Segmenter(BUNDLE, threads=1)
+    assert (again.backend, again.precision) == (seg.backend, seg.precision)
+    assert again.backend_source.startswith("measured earlier") and len(timed) == n  # from the cache
 
 
-def test_onnxruntime_backend_on_a_litert_only_bundle_is_refused():
+def test_verify_runs_every_graph_of_both_backends():
+    assert verify_bundle(BUNDLE) == {"fp32": [1, 1, 16, 24],
+                                     **{f"litert_{p}": [1, 1, 24, 32] for p in ("fp16", "fp32", "int8")}}
+
+
+def test_onnxruntime_backend_on_a_litert_only_bundle_is_refused(tmp_path):
     with pytest.raises(BundleError, match="no ONNX graphs"):
-        Segmenter(BUNDLE, backend="onnxruntime")
+        Segmenter(_litert_only(tmp_path), backend="onnxruntime")
 
 
 def test_long_side_cannot_resize_a_static_graph():
@@ -84,7 +135,8 @@ def _cli(blocked: set, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_segments_the_examples_with_litert_alone(tmp_path):
-    """A LiteRT-only install: onnxruntime and torch cannot be imported, the run still completes."""
+    """A LiteRT-only install: onnxruntime and torch cannot be imported; ``auto`` falls back to the
+    bundle's .tflite graphs and the run completes."""
     proc = _cli({"onnxruntime", "torch"}, "--bundle", str(BUNDLE), "--input", str(REPO / "examples" / "manifest.jsonl"),
                 "--output", str(tmp_path / "o"), "--threads", "1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -168,11 +220,13 @@ def test_manifest_input_hw_must_match_the_image_graphs():
         validate_manifest(m)
 
 
-def test_doctor_lists_each_backend_and_the_graphs_it_can_run():
+def test_doctor_lists_each_backend_and_the_graphs_it_can_run(tmp_path):
     from pi_runtime.doctor import run_checks
 
     rows = {check: (status, detail) for status, check, detail in run_checks(BUNDLE)}
     assert rows["backend litert"][0] == "OK" and "fp16, fp32, int8" in rows["backend litert"][1]
-    assert "none (the bundle has no .onnx graphs)" in rows["backend onnxruntime"][1]
+    assert rows["backend onnxruntime"][0] == "OK" and rows["backend onnxruntime"][1].endswith("graphs: fp32")
     assert rows["bundle"][0] == "OK" and "litert_int8" in rows["bundle"][1]
+    rows = {check: (status, detail) for status, check, detail in run_checks(_litert_only(tmp_path))}
+    assert "none (the bundle has no .onnx graphs)" in rows["backend onnxruntime"][1]
     assert rows["precision auto"][1].startswith("litert ")

@@ -1,5 +1,6 @@
-"""Rebuild ``tests/data/litert_tiny/``: a LiteRT-only bundle (no ONNX graph) of a tiny random ERIS,
-with PyTorch's logits for the four example scenes, for ``tests/test_litert.py``.
+"""Rebuild ``tests/data/litert_tiny/``: a bundle of a tiny random ERIS with both ONNX and ``.tflite``
+graphs, and PyTorch's logits for the four example scenes, for ``tests/test_litert.py`` (which
+also derives a LiteRT-only bundle from it).
 
 The real exporter needs litert-torch (JAX, torchao), which neither CI nor the runtime installs,
 so the test bundle is made once here and committed (well under 1 MB: a 60-word WordPiece
@@ -22,7 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # litert-torch's venv ships an unrelated top-level "tests" package
 
-from convert.graphs import ImageGraph, TextGraph  # noqa: E402
+from convert.graphs import IMAGE_INPUTS, IMAGE_OUTPUTS, TEXT_INPUTS, TEXT_OUTPUTS, ImageGraph, TextGraph  # noqa: E402
+from convert.onnx_export import export_image_graph, export_text_graph  # noqa: E402
 from convert.tflite import export_litert, litert_section  # noqa: E402
 from eris.backbones.stdc import STDCNet  # noqa: E402
 from eris.model import ERIS  # noqa: E402
@@ -72,15 +74,20 @@ def main() -> None:
     cfg = model.config
     report = export_litert(model, tokenizer, OUT, pairs * 2, HW, ["int8", "fp16", "fp32"], calib_n=4, eval_n=4)
     (OUT / "tflite_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_manifest(OUT, {  # LiteRT-only: no ONNX graph sections
+    export_text_graph(model, tokenizer, OUT / "text.onnx")
+    export_image_graph(model, tokenizer, OUT / "image_fp32.onnx")
+    write_manifest(OUT, {
         "format_version": FORMAT_VERSION,
         "model": {"name": "tiny-litert", "note": "tests/data/make_litert_bundle.py: random weights"},
         "preprocessing": {"long_side": max(HW), "size_divisor": cfg.size_divisor, "channel_order": "RGB",
                           "layout": "NHWC", "dtype": "uint8", "mean": list(cfg.pixel_mean), "std": list(cfg.pixel_std)},
         "tokenizer": {"file": "tokenizer.json", "max_tokens": 32, "padding": "right"},
         "output": {"stride": cfg.output_stride, "threshold": 0.5},
-        "graphs": {"litert": litert_section(report)},
-        "files": ["tokenizer.json", "tflite_report.json", *(v["file"] for v in report["graphs"].values())],
+        "graphs": {"text": {"file": "text.onnx", "precision": "fp32", "inputs": TEXT_INPUTS, "outputs": TEXT_OUTPUTS},
+                   "image": {"fp32": {"file": "image_fp32.onnx", "inputs": IMAGE_INPUTS, "outputs": IMAGE_OUTPUTS}},
+                   "litert": litert_section(report)},
+        "files": ["tokenizer.json", "tflite_report.json", "text.onnx", "image_fp32.onnx",
+                  *(v["file"] for v in report["graphs"].values())],
     })
     refs = {}
     with torch.no_grad():
