@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                          "op_types": op_types or "all", "op_sets_compared": op_rows,
                          "exclusion_trial": exclusion_trial,
                          "sqnr_threshold_db": args.sqnr_threshold, "compared": compared,
-                         "holdout_agreement": final},
+                         "holdout_agreement": final,
+                         "float_weight_bytes": {"stored_fp16": leftover["fp16_exact"], "kept_fp32": leftover["fp32"]}},
     }
     files = set(manifest["files"]) | {INT8_FILE}
     float_text = manifest["graphs"]["text"]["file"]

@@ -76,13 +76,15 @@ def test_quantize_tiny_model_records_its_choices(bundle, calib, tmp_path):
     # int8 weights are half the fp16 the float graph stores them in
     assert (b / "image_int8.onnx").stat().st_size < 0.55 * (b / "image_fp32.onnx").stat().st_size
     assert verify_bundle(b) == {"fp32": [1, 1, 16, 24], "int8": [1, 1, 16, 24]}
-    # the float weights left in the INT8 graph are stored as fp16 behind a Cast (lossless)
+    # no float weight left in the INT8 graph that fp16 holds exactly is stored as fp32
     import onnx
-    from onnx import TensorProto
+    from onnx import numpy_helper
 
-    int8_graph = onnx.load(str(b / "image_int8.onnx")).graph
-    assert any(i.data_type == TensorProto.FLOAT16 for i in int8_graph.initializer)
-    assert any(n.op_type == "Cast" and n.input[0].endswith("_fp16") for n in int8_graph.node)
+    left = [numpy_helper.to_array(i) for i in onnx.load(str(b / "image_int8.onnx")).graph.initializer]
+    exact32 = [w for w in left if w.dtype == np.float32 and w.size >= 1024
+               and np.array_equal(w.astype(np.float16).astype(np.float32), w)]
+    assert not exact32 and q["float_weight_bytes"]["kept_fp32"] == sum(
+        w.nbytes for w in left if w.dtype == np.float32 and w.size >= 1024)
     report = json.loads((b / "quantization_report.json").read_text())
     assert report["sensitivity"] and {"node", "op", "qdq_sqnr_db"} <= set(report["sensitivity"][0])
     tq = m["text_quantization"]
