@@ -69,7 +69,8 @@ def main() -> None:
     tiny_tokenizer(OUT / "tokenizer.json")
     tokenizer = PhraseTokenizer(OUT / "tokenizer.json", 32)
     model = tiny_model(len(WORDS) + 4)
-    examples = [json.loads(line) for line in (ROOT / "examples" / "manifest.jsonl").read_text().splitlines()]
+    examples = [e for e in map(json.loads, (ROOT / "examples" / "manifest.jsonl").read_text().splitlines())
+                if e["id"].startswith("shaperef_test_")]
     pairs = [(ROOT / "examples" / e["image"], e["phrase"]) for e in examples]
     cfg = model.config
     report = export_litert(model, tokenizer, OUT, pairs * 2, HW, ["int8", "fp16", "fp32"], calib_n=4, eval_n=4)
