@@ -139,3 +139,23 @@ def test_found_threshold_is_calibrated_and_used(bundle, tmp_path, capsys):
     assert seg.found_threshold == report["found_threshold"]
     r = seg.segment(np.zeros((64, 64, 3), np.uint8), "the red circle")
     assert r.found == (r.score >= seg.found_threshold) and (r.found or not r.mask.any())
+
+
+def test_text_graph_file_is_identical_across_retrains_with_a_frozen_encoder(tmp_path, tokenizer):
+    """Two models that share the text encoder but differ everywhere else (a retrain with the
+    encoder frozen) export byte-identical text graphs, so git stores that file once."""
+    import torch
+
+    from convert.onnx_export import export_text_graph
+    from eris import build_model
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    a = build_model(tiny_config()).eval()
+    torch.manual_seed(1)
+    b = build_model(tiny_config()).eval()
+    b.text_encoder.load_state_dict(a.text_encoder.state_dict())
+    assert not torch.equal(a.fusions[0].key.weight, b.fusions[0].key.weight)
+    export_text_graph(a, tokenizer, tmp_path / "a.onnx")
+    export_text_graph(b, tokenizer, tmp_path / "b.onnx")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
