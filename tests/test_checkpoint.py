@@ -64,11 +64,17 @@ def test_weights_of_another_config_are_refused(tiny_model, tokenizer, tmp_path):
 def test_committed_student_checkpoint_loads():
     from pathlib import Path
 
-    ckpt = Path(__file__).resolve().parents[1] / "checkpoints" / "stdc1-minilm-shaperef"
+    from eris.checkpoint import TEXT_ENCODER_FILE
+
+    ckpt = Path(__file__).resolve().parents[1] / "checkpoints" / "stdc1-minilm-shapes-roboref"
     model, tok, meta = load_checkpoint(ckpt)
-    assert model.config.name == "stdc1-minilm" and meta["step"] == 4200  # 1200 distilled + 3000 fine-tune
-    assert meta["distilled"]["step"] == 1200 and meta["fine_tune"]["args"]["steps"] == 3000
-    assert meta["metrics_shaperef_val_640"]["n"] == 1000
+    assert model.config.name == "stdc1-minilm" and model.config.freeze_text
+    assert meta["step"] == 2000 and meta["args"]["data"] == "shapes:1+roboref:1"   # the RoboRef fine-tune
+    earlier = meta["history"][-1]["meta"]
+    assert earlier["step"] == 4200 and earlier["distilled"]["step"] == 1200       # on the ShapeRef student
+    # only what training changed is in model.safetensors; the frozen encoder has its own file
+    assert meta["text_encoder"]["file"] == TEXT_ENCODER_FILE
+    assert (ckpt / "model.safetensors").stat().st_size < 20e6
     ids, mask = tok("the red circle on the left")
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 64, 96), ids, mask)
