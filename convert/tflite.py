@@ -41,17 +41,19 @@ from pi_runtime.preprocess import letterbox_into, load_image
 
 __all__ = ["export_litert", "litert_section", "add_to_manifest", "INT8_SCOPES", "main"]
 
-# Which ops the INT8 graph quantizes, as ai-edge-quantizer regexes over tensor names (litert-torch
-# names tensors by module path). "all" quantizes every supported op; "backbone" only the STDC
-# convolutions, where most of the arithmetic is and where INT8 costs the least accuracy.
-INT8_SCOPES = {"all": ".*", "backbone": ".*eris\\.backbones\\..*"}
+# Which ops the INT8 graph quantizes: (ai-edge-quantizer regex over tensor names, op name).
+# litert-torch names tensors by module path. "all" quantizes every supported op; "convs" every
+# convolution (what the ONNX INT8 graph quantizes); "backbone" only the STDC convolutions, where
+# most of the arithmetic is and where INT8 costs the least accuracy.
+INT8_SCOPES = {"all": (".*", "*"), "convs": (".*", "CONV_2D"), "backbone": (".*eris\\.backbones\\..*", "*")}
 FP16_RECIPE = [{"regex": ".*", "operation": "*", "algorithm_key": "float_casting",
                 "op_config": {"weight_tensor_config": {"num_bits": 16, "dtype": "FLOAT"},
                               "compute_precision": "FLOAT", "explicit_dequantize": True}}]
 
 
-def _int8_recipe(regex: str) -> list[dict]:
-    return [{"regex": regex, "operation": "*", "algorithm_key": "min_max_uniform_quantize",
+def _int8_recipe(scope: tuple[str, str]) -> list[dict]:
+    regex, operation = scope
+    return [{"regex": regex, "operation": operation, "algorithm_key": "min_max_uniform_quantize",
              "op_config": {"activation_tensor_config": {"num_bits": 8, "symmetric": False,
                                                         "granularity": "TENSORWISE", "dtype": "INT"},
                            "weight_tensor_config": {"num_bits": 8, "symmetric": True,
@@ -199,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--input-hw", default="480x640", help="static image input HxW (default 480x640: a 4:3 camera frame)")
     ap.add_argument("--precisions", default="int8,fp16,fp32", help="image graphs to write (comma-separated)")
     ap.add_argument("--int8-scope", choices=sorted(INT8_SCOPES), default="backbone",
-                    help="ops the INT8 graph quantizes: backbone (STDC convs; default) or all")
+                    help="ops the INT8 graph quantizes: backbone (STDC convs; default), convs (every convolution) or all")
     ap.add_argument("--calib", type=Path, default=Path("calib_data"), help="calibration pairs (directory with manifest.jsonl)")
     ap.add_argument("--calib-n", type=int, default=64, help="pairs that calibrate the INT8 graph")
     ap.add_argument("--eval-n", type=int, default=16, help="further pairs that compare every graph with PyTorch")
