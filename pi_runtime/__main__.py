@@ -67,8 +67,8 @@ def add_backend_arguments(ap: argparse.ArgumentParser) -> None:
     """``--backend``, ``--precision`` and ``--threads``: the same on every command."""
     ap.add_argument("--backend", choices=list(BACKENDS), default="auto",
                     help="inference package: onnxruntime (.onnx graphs) or litert (.tflite graphs, ai-edge-litert or "
-                         "tflite-runtime); auto = onnxruntime where it is installed and the bundle has ONNX graphs, "
-                         "else litert")
+                         "tflite-runtime); auto = whichever ran faster when both were timed on this machine, where "
+                         "both can run the bundle, else the one that can")
     ap.add_argument("--precision", choices=["auto", "fp32", "fp16", "int8"], default="auto",
                     help="image graph precision (fp16: .tflite only); auto = whichever ran faster when the bundle's "
                          "graphs were timed on this machine (the first run times them and caches the choice)")

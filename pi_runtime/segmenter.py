@@ -84,9 +84,9 @@ def onnxruntime_importable() -> bool:
 
 def choose_backend(bundle: Path, manifest: dict, asked: str) -> str:
     """``onnxruntime`` or ``litert``: what ``asked`` allows with this bundle's graphs and the
-    installed packages. ``auto`` prefers onnxruntime (it ran the INT8 image graph faster than
-    LiteRT on the x86 machines measured; no Pi has been measured yet) and falls back to LiteRT
-    where onnxruntime is not installed or the bundle has only ``.tflite`` graphs."""
+    installed packages. For ``auto`` this is onnxruntime where it can run the bundle, else
+    LiteRT; where both can, :meth:`Segmenter._auto_backend` then times them and keeps the faster
+    (onnxruntime on the x86 machines measured; no Pi has been measured yet)."""
     from pi_runtime.litert import BackendUnavailable, load_interpreter
 
     if asked not in BACKENDS:
