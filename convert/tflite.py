@@ -76,10 +76,10 @@ def _signature(path: Path, names_in: list[str], names_out: list[str]) -> dict:
             "output_shapes": [list(map(int, outs[k]["shape"])) for k in sig_out]}
 
 
-def _run(path: Path, spec: dict, feeds: dict) -> list[np.ndarray]:
+def _open(path: Path, spec: dict):
     from pi_runtime.litert import LiteRTGraph
 
-    return LiteRTGraph(path, spec, 2, path.stem).run(None, feeds)
+    return LiteRTGraph(path, spec, 2, path.stem)
 
 
 def _pairs_feeds(model, tokenizer, pairs, hw, max_tokens) -> list[tuple]:
@@ -132,9 +132,9 @@ def export_litert(model, tokenizer, bundle: Path, pairs: list, hw: tuple[int, in
         _quantize(tmp / "text_fp32.tflite", bundle / "text_fp16.tflite", FP16_RECIPE)
         (bundle / "text_fp16.tflite").chmod(0o644)
         spec = _signature(bundle / "text_fp16.tflite", TEXT_INPUTS, TEXT_OUTPUTS)
-        cos = []
+        cos, text16 = [], _open(bundle / "text_fp16.tflite", spec)
         for (_, ids, mask), want in zip(held, text_of[calib_n:]):
-            got = _run(bundle / "text_fp16.tflite", spec, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+            got = text16.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
             a, b = got[0].ravel().astype(np.float64), want[0].numpy().ravel().astype(np.float64)
             cos.append(float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)))
         report["graphs"]["text"] = {**spec, "precision": "fp16", "min_cosine_vs_torch": min(cos, default=1.0),
@@ -143,6 +143,8 @@ def export_litert(model, tokenizer, bundle: Path, pairs: list, hw: tuple[int, in
         t0 = time.perf_counter()
         litert_torch.convert(image_graph, (feeds[0][0], *text_of[0])).export(str(tmp / "image_fp32.tflite"))
         fp32_s = round(time.perf_counter() - t0, 1)
+        with torch.no_grad():  # PyTorch's logits on the held-out pairs, the reference of every precision
+            wanted = [image_graph(img, *t).numpy() for (img, _, _), t in zip(held, text_of[calib_n:])]
         for precision in precisions:
             t0 = time.perf_counter()
             dst = bundle / f"image_{precision}.tflite"
@@ -157,11 +159,9 @@ def export_litert(model, tokenizer, bundle: Path, pairs: list, hw: tuple[int, in
                 _quantize(tmp / "image_fp32.tflite", dst, _int8_recipe(INT8_SCOPES[int8_scope]), data)
             dst.chmod(0o644)  # ai-edge-quantizer writes its files executable
             spec = _signature(dst, IMAGE_INPUTS, IMAGE_OUTPUTS)
-            diffs, ious = [], []
-            for (img, _, _), t in zip(held, text_of[calib_n:]):
-                with torch.no_grad():
-                    want = image_graph(img, *t).numpy()
-                got = _run(dst, spec, {"image": img.numpy(), "text_tokens": t[0].numpy(), "token_mask": t[1].numpy()})[0]
+            diffs, ious, graph = [], [], _open(dst, spec)
+            for (img, _, _), t, want in zip(held, text_of[calib_n:], wanted):
+                got = graph.run(None, {"image": img.numpy(), "text_tokens": t[0].numpy(), "token_mask": t[1].numpy()})[0]
                 diffs.append(float(np.abs(got - want).max()))
                 ious.append(_iou(got > 0, want > 0))
             report["graphs"][precision] = {**spec, "max_abs_diff_vs_torch": max(diffs, default=0.0),

@@ -29,6 +29,7 @@ import numpy as np
 from pi_runtime.__main__ import add_backend_arguments
 from pi_runtime.bundle import BundleError, load_manifest
 from pi_runtime.litert import BackendUnavailable, interpreter_package
+from pi_runtime.precision import alternate
 from pi_runtime.segmenter import Segmenter, default_bundle_dir, onnxruntime_importable
 
 __all__ = ["main", "pi_health"]
@@ -95,20 +96,6 @@ def peer_feeds(session, shape_arg: str | None) -> dict:
     return feeds
 
 
-def _alternate(ours, peer, runs: int, warmup: int) -> tuple[list[float], list[float]]:
-    """Times the two callables in turn, so drifting clocks and thermal state hit both alike."""
-    for _ in range(warmup):
-        ours()
-        peer()
-    a, b = [], []
-    for _ in range(runs):
-        for fn, out in ((ours, a), (peer, b)):
-            t0 = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - t0) * 1e3)
-    return a, b
-
-
 def backend_name(seg: Segmenter) -> str:
     if seg.backend == "litert":
         return f"litert ({seg._image.package}, XNNPACK)"
@@ -144,15 +131,8 @@ def compare(args, frame: np.ndarray) -> int:
         padded, _ = seg.canvas(frame)
         feeds = {"image": padded[None], **seg.encode(PHRASES[0])}
         runners[f"{backend} {precision}"] = (seg, feeds, list(padded.shape[:2]))
-    for _ in range(args.warmup):
-        for seg, feeds, _ in runners.values():
-            seg._image.run(None, feeds)
-    times = {k: [] for k in runners}
-    for _ in range(args.runs):
-        for k, (seg, feeds, _) in runners.items():
-            t0 = time.perf_counter()
-            seg._image.run(None, feeds)
-            times[k].append((time.perf_counter() - t0) * 1e3)
+    times = alternate({k: (lambda s=seg, f=feeds: s._image.run(None, f)) for k, (seg, feeds, _) in runners.items()},
+                      args.runs, args.warmup)
     h, w = frame.shape[:2]
     print(f"bundle {bundle}  frame {w}x{h}  threads {args.threads or next(iter(runners.values()))[0].threads}  "
           f"{args.runs} alternating runs")
@@ -258,8 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - any load or run failure of the user's model
             print(f"error: --peer {args.peer}: {exc}", file=sys.stderr)
             return 2
-        ours_ms, peer_ms = _alternate(lambda: seg._image.run(None, feeds), lambda: peer.run(None, pfeeds),
-                                      args.runs, args.warmup)
+        timed = alternate({"ours": lambda: seg._image.run(None, feeds), "peer": lambda: peer.run(None, pfeeds)},
+                          args.runs, args.warmup)
+        ours_ms, peer_ms = timed["ours"], timed["peer"]
         o50, p50 = _percentiles(ours_ms)[0], _percentiles(peer_ms)[0]
         report["peer"] = {"model": str(args.peer), "input": {k: list(v.shape) for k, v in pfeeds.items()},
                           "ours_image_p50_ms": round(o50, 2), "peer_p50_ms": round(p50, 2),

@@ -271,9 +271,14 @@ def phrase_tensors(attention_mask: np.ndarray, text_outputs: list[str], values) 
     return {"attention_mask": attention_mask, **dict(zip(text_outputs, values))}
 
 
+def phrase_feeds(inputs: list[str], phrase: dict) -> dict:
+    """The phrase tensors an image graph's manifest ``inputs`` name (all but ``image``)."""
+    return {n: phrase[n] for n in inputs if n != "image"}
+
+
 def image_feeds(inputs: list[str], image: np.ndarray, phrase: dict) -> dict:
     """The image graph's feeds: ``image`` plus the phrase tensors its manifest ``inputs`` name."""
-    return {n: image if n == "image" else phrase[n] for n in inputs}
+    return {"image": image, **phrase_feeds(inputs, phrase)}
 
 
 def verify_bundle(bundle: str | Path) -> dict:
@@ -314,9 +319,9 @@ def verify_bundle(bundle: str | Path) -> dict:
         if interpreter_package() is None:
             return {**shapes, **{f"litert_{p}": f"skipped: {INSTALL_HINT}" for p in lite["image"]}}
         n = int(manifest["tokenizer"]["max_tokens"])
-        padded = np.zeros((1, n), np.int64)
+        padded, pmask = np.zeros((1, n), np.int64), np.zeros((1, n), np.int64)
         padded[0, :min(n, ids.shape[1])] = ids[0, :n]
-        pmask = (padded != 0).astype(np.int64)
+        pmask[0, :min(n, ids.shape[1])] = 1
         text_spec = lite["text"]
         text = LiteRTGraph(bundle / text_spec["file"], text_spec, 1, "text").run(
             None, {"input_ids": padded, "attention_mask": pmask})

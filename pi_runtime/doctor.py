@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from pi_runtime.bundle import BundleError, load_manifest, verify_bundle
-from pi_runtime.litert import BackendUnavailable, interpreter_package, load_interpreter
+from pi_runtime.litert import BackendUnavailable, load_interpreter
 from pi_runtime.precision import cpu_has_int8_dot
 from pi_runtime.segmenter import Segmenter, default_bundle_dir, physical_cores
 
@@ -84,17 +84,13 @@ def _backend_rows(bundle: Path | None) -> list[tuple[str, str, str]]:
     except ImportError:
         rows.append(("WARN", "backend onnxruntime", "not installed (pip install onnxruntime); "
                      f"needed for the bundle's ONNX graphs {', '.join(onnx) or '(none)'}"))
-    package = interpreter_package()
-    if package:
+    try:
+        package = load_interpreter()[1]
         runnable |= bool(lite)
         rows.append(("OK", "backend litert", f"{package}; runs the bundle's .tflite graphs: "
                      + (", ".join(lite) if lite else "none (add them with python -m convert.tflite --bundle)")))
-    else:
-        try:
-            load_interpreter()
-        except BackendUnavailable as exc:
-            why = str(exc)
-        rows.append(("WARN", "backend litert", f"{why}; needed for the bundle's .tflite graphs {', '.join(lite) or '(none)'}"))
+    except BackendUnavailable as exc:
+        rows.append(("WARN", "backend litert", f"{exc}; needed for the bundle's .tflite graphs {', '.join(lite) or '(none)'}"))
     if graphs and not runnable:
         rows.append(("FAIL", "backends", "no installed backend can run this bundle's graphs"))
     return rows

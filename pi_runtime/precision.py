@@ -22,7 +22,7 @@ import numpy as np
 
 from pi_runtime.files import atomic_write_bytes
 
-__all__ = ["cache_path", "cpu_model", "cache_key", "cached_choice", "measure", "time_alternately", "remember",
+__all__ = ["cache_path", "cpu_model", "cache_key", "cached_choice", "measure", "alternate", "time_alternately", "remember",
            "cpu_has_int8_dot"]
 
 TIMED_RUNS = 3
@@ -91,15 +91,22 @@ def measure(sessions: dict, text_feeds: dict, long_side: int, divisor: int, hw: 
     return time_alternately({p: (lambda s=s: s.run(None, feeds)) for p, s in sessions.items()})
 
 
-def time_alternately(runs: dict) -> dict:
-    """Median ms of each zero-argument callable, after one warm-up call each (first runs allocate
-    and pick kernels), calling them in turn so that a busy machine slows all alike."""
-    for fn in runs.values():
-        fn()
+def alternate(runs: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Every timing (ms) of each zero-argument callable, after ``warmup`` untimed calls each
+    (first runs allocate and pick kernels), calling them in turn so that a busy machine, drifting
+    clocks and thermal state slow all alike."""
+    for _ in range(warmup):
+        for fn in runs.values():
+            fn()
     times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(TIMED_RUNS):
+    for _ in range(repeats):
         for k, fn in runs.items():
             t0 = time.perf_counter()
             fn()
             times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: round(float(np.median(t)), 2) for k, t in times.items()}
+    return times
+
+
+def time_alternately(runs: dict) -> dict:
+    """Median ms of each callable over :data:`TIMED_RUNS` alternating calls (see :func:`alternate`)."""
+    return {k: round(float(np.median(t)), 2) for k, t in alternate(runs, TIMED_RUNS).items()}

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pi_runtime.bundle import BundleError, check_files, check_graph_io, image_feeds, load_manifest, phrase_tensors
+from pi_runtime.bundle import BundleError, check_files, check_graph_io, load_manifest, phrase_feeds, phrase_tensors
 from pi_runtime.litert import interpreter_package
 from pi_runtime.phrases import PhraseError, check_phrase
 from pi_runtime.precision import cpu_has_int8_dot
@@ -130,21 +130,27 @@ class Segmenter:
         self.long_side, self.divisor = int(pre["long_side"]), int(pre["size_divisor"])
         self.stride = int(self.manifest["output"]["stride"])
         self._cache: OrderedDict[str, dict] = OrderedDict()
-        if self.backend == "litert":
-            self._init_litert(precision, long_side)
+        images, open_graph = self._init_litert(long_side) if self.backend == "litert" else self._init_onnx(long_side)
+        if precision != "auto" and precision not in images:
+            kind = ".tflite image graph" if self.backend == "litert" else "image graph"
+            raise BundleError(f"{self.bundle}: no {precision} {kind} (has {', '.join(sorted(images))})")
+        # All image graphs take the same inputs (the manifest check makes sure).
+        self._image_inputs = next(iter(images.values()))["inputs"]
+        if precision == "auto":
+            precision, self.precision_source, self._image = self._auto_precision(images, open_graph)
         else:
-            self._init_onnx(precision, long_side)
+            self.precision_source = "asked for"
+            self._image = open_graph(precision)
+        self.precision = precision
         self.threshold = float(self.manifest["output"]["threshold"])
         # "Is it there?" has its own threshold on the peak probability where the bundle records one
         # calibrated on val with absent-target phrases (python -m convert.found); else the mask's.
         self.found_threshold = float(self.manifest["output"].get("found_threshold", self.threshold))
 
-    def _init_onnx(self, precision: str, long_side: int | None) -> None:
+    def _init_onnx(self, long_side: int | None):
+        """Opens the ONNX text graph; returns the image graphs and how to open one."""
         import onnxruntime as ort
 
-        images = self.manifest["graphs"]["image"]
-        if precision != "auto" and precision not in images:
-            raise BundleError(f"{self.bundle}: no {precision} image graph (has {', '.join(sorted(images))})")
         # The text graph runs once per new phrase, so it is left unoptimised: constant folding
         # would turn its fp16-stored weights into a second, fp32 copy (~45 MB more resident).
         text_options = self._session_options()
@@ -153,28 +159,20 @@ class Segmenter:
         self._text = self._session(text_spec["file"], text_options)
         check_graph_io(self._text, self.bundle / text_spec["file"], text_spec, "text")
         self._text_outputs = text_spec["outputs"]
-        # All image graphs take the same inputs (the manifest check makes sure).
-        self._image_inputs = next(iter(images.values()))["inputs"]
         self.input_hw = None  # any multiple of the divisor
         if long_side is not None:  # the graphs take any multiple of the divisor; smaller is faster, less exact
             if long_side < 2 * self.divisor or long_side % self.divisor:
                 raise ValueError(f"long side {long_side}: must be a multiple of {self.divisor}, at least "
                                  f"{2 * self.divisor}")
             self.long_side = int(long_side)
-        if precision == "auto":
-            precision, self.precision_source, self._image = self._auto_precision(images, self._image_session)
-        else:
-            self.precision_source = "asked for"
-            self._image = self._image_session(precision)
-        self.precision = precision
+        return self.manifest["graphs"]["image"], self._image_session
 
-    def _init_litert(self, precision: str, long_side: int | None) -> None:
+    def _init_litert(self, long_side: int | None):
+        """Opens the .tflite text graph; returns the image graphs and how to open one."""
         from pi_runtime.litert import LiteRTGraph
 
         lite = self.manifest["graphs"]["litert"]
         images = lite["image"]
-        if precision != "auto" and precision not in images:
-            raise BundleError(f"{self.bundle}: no {precision} .tflite image graph (has {', '.join(sorted(images))})")
         self.input_hw = tuple(int(x) for x in lite["input_hw"])
         if long_side is not None and long_side != max(self.input_hw):
             raise ValueError(f"long side {long_side}: the bundle's .tflite graphs are static, "
@@ -183,17 +181,7 @@ class Segmenter:
         text_spec = lite["text"]
         self._text = LiteRTGraph(self.bundle / text_spec["file"], text_spec, self.threads, "text")
         self._text_outputs = text_spec["outputs"]
-        self._image_inputs = next(iter(images.values()))["inputs"]
-
-        def session(p):
-            return LiteRTGraph(self.bundle / images[p]["file"], images[p], self.threads, f"{p} image")
-
-        if precision == "auto":
-            precision, self.precision_source, self._image = self._auto_precision(images, session)
-        else:
-            self.precision_source = "asked for"
-            self._image = session(precision)
-        self.precision = precision
+        return images, lambda p: LiteRTGraph(self.bundle / images[p]["file"], images[p], self.threads, f"{p} image")
 
     def _image_session(self, precision: str):
         # Keep the memory arena (turning it off cost 25 % speed) but not the memory pattern: the
@@ -308,8 +296,7 @@ class Segmenter:
             return self._cache[key]
         ids, mask = self.tokenize(phrase)
         outputs = self._text.run(self._text_outputs, {"input_ids": ids, "attention_mask": mask})
-        feeds = image_feeds(self._image_inputs, None, phrase_tensors(mask, self._text_outputs, outputs))
-        del feeds["image"]
+        feeds = phrase_feeds(self._image_inputs, phrase_tensors(mask, self._text_outputs, outputs))
         self._cache[key] = feeds
         if len(self._cache) > TEXT_CACHE_SIZE:
             self._cache.popitem(last=False)
