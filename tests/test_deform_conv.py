@@ -189,3 +189,20 @@ def test_conv_form_exports_the_weights_as_a_conv_without_transposes(tmp_path):
         ops[sampling] = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert ops["conv"].count("Conv") == 2 and "MatMul" not in ops["conv"] and "Transpose" not in ops["conv"]
     assert "MatMul" in ops["grid_sample"]
+
+
+@pytest.mark.parametrize("impl", [deform_conv2d, deform_conv2d_conv], ids=["grid_sample", "conv"])
+def test_modulation_gradients_and_inference_agree(impl):
+    """Inference modulates the samples in place; training must keep autograd's copy, so the
+    gradients through input, offset and mask are checked numerically, and both modes agree."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 2, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    offset = ((torch.rand(1, 18, 5, 5, generator=g, dtype=torch.float64) - 0.5) * 3).requires_grad_()
+    weight = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(1, 9, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: impl(a[0], a[1], a[2], None, 1, 1, 1, a[3]), (x, offset, weight, mask))
+    before = [t.detach().clone() for t in (x, offset, weight, mask)]
+    with torch.inference_mode():
+        fast = impl(x, offset, weight, None, 1, 1, 1, mask)
+    assert all(torch.equal(a, b) for a, b in zip(before, (x, offset, weight, mask)))  # inputs untouched
+    assert torch.allclose(fast, impl(x, offset, weight, None, 1, 1, 1, mask), atol=1e-12)

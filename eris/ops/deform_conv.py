@@ -197,7 +197,11 @@ def _grid_samples(input: Tensor, offset: Tensor, weight: Tensor, mask: Tensor | 
                             padding_mode="zeros", align_corners=False)  # [B*G, Cg, K*Ho, Wo]
     sampled = sampled.reshape(b, og, cg, k, out_hw[0], out_hw[1])
     if mask is not None:
-        sampled = sampled * mask.reshape(b, og, 1, k, out_hw[0], out_hw[1])
+        modulation = mask.reshape(b, og, 1, k, out_hw[0], out_hw[1])
+        if torch.is_grad_enabled() and (sampled.requires_grad or modulation.requires_grad):
+            sampled = sampled * modulation
+        else:  # inference: modulate in place; a second [B, C*K, Ho, Wo] buffer costs page faults and cache
+            sampled.mul_(modulation)
     return sampled, wg, out_hw
 
 
