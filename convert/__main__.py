@@ -23,6 +23,7 @@ import torch
 from pi_runtime.bundle import FORMAT_VERSION, sha256, write_manifest
 from pi_runtime.files import atomic_write
 from convert.graphs import IMAGE_INPUTS, IMAGE_OUTPUTS, TEXT_INPUTS, TEXT_OUTPUTS
+from convert.fold import fold_pixel_std
 from convert.onnx_export import OPSET, ExportError, check_standard_ops, export_image_graph, export_text_graph
 from convert.weights import store_fp16
 from convert.parity import DEFAULT_CASES, check_parity
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(m, DeformConv2d):
             m.sampling = args.deform_sampling
     model.config = model.config.replace(deform_sampling=args.deform_sampling)
+    fold_pixel_std(model)  # the input std moves into the first conv: one full-resolution float op fewer
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     try:

@@ -87,7 +87,10 @@ class ERIS(nn.Module):
     def segment(self, image: Tensor, text: TextFeatures) -> ErisOutput:
         """``image``: float RGB ``[B, 3, H, W]`` in 0..255, H and W multiples of 32."""
         self._check_image(image)
-        x = self.backbone.forward_stem((image - self.pixel_mean) / self.pixel_std)
+        x = image - self.pixel_mean
+        if self.pixel_std is not None:  # None once convert.fold has moved it into the first conv
+            x = x / self.pixel_std
+        x = self.backbone.forward_stem(x)
         aligned = []
         for i, fusion in enumerate(self.fusions):
             x = self.backbone.forward_stage(i, x)

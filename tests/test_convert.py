@@ -5,6 +5,7 @@ import json
 
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper
 
 from pi_runtime.bundle import BundleError, load_manifest, verify_bundle
@@ -159,3 +160,36 @@ def test_text_graph_file_is_identical_across_retrains_with_a_frozen_encoder(tmp_
     export_text_graph(a, tokenizer, tmp_path / "a.onnx")
     export_text_graph(b, tokenizer, tmp_path / "b.onnx")
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_fold_pixel_std_keeps_the_logits_and_is_idempotent(tiny_model, tokenizer):
+    from convert.fold import first_conv, fold_pixel_std
+
+    model = tiny_model.eval()
+    assert first_conv(model) is model.backbone.features[0].conv  # STDC's stem conv
+    ids, mask = tokenizer(["the red mug on the left"])
+    image = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(1)) * 255
+    with torch.no_grad():
+        text = model.encode_text(ids, mask)
+        before = model.segment(image, text).logits
+        assert fold_pixel_std(model) <= 1e-5
+        after = model.segment(image, text).logits
+    assert model.pixel_std is None and fold_pixel_std(model) == 0.0
+    assert (after - before).abs().max() <= 1e-4 * before.abs().max()
+
+
+def test_image_graph_normalises_without_a_division(bundle):
+    """The bundle's image graph goes uint8 -> float -> minus mean -> first Conv: the std lives in
+    the conv's weights (parity against the unfolded checkpoint is checked above)."""
+    graph = onnx.load(str(bundle / "bundle" / "image_fp32.onnx")).graph
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    chain, name = [], "image"
+    while not chain or chain[-1] != "Conv":
+        nxt = [n for n in consumers[name] if n.op_type != "Shape"]
+        assert len(nxt) == 1, [n.op_type for n in nxt]
+        chain.append(nxt[0].op_type)
+        name = nxt[0].output[0]
+    assert "Div" not in chain and "Sub" in chain, chain
