@@ -1,9 +1,21 @@
-"""ERIS referring image segmentation, training side (PyTorch)."""
+"""ERIS referring image segmentation, training side (PyTorch).
 
-from eris.builder import build_model, build_tokenizer
-from eris.checkpoint import load_checkpoint, save_checkpoint
-from eris.config import CONFIGS, ErisConfig, get_config
-from eris.model import ERIS, ErisOutput, TextFeatures
+The names below load on first use (PEP 562), so a module of this package that needs no torch
+(``eris.scaling``'s onnxruntime worker, which measures onnxruntime's own memory) can run
+without importing it.
+"""
 
-__all__ = ["CONFIGS", "ERIS", "ErisConfig", "ErisOutput", "TextFeatures", "build_model", "build_tokenizer",
-           "get_config", "load_checkpoint", "save_checkpoint"]
+from importlib import import_module
+
+_HOMES = {"build_model": "eris.builder", "build_tokenizer": "eris.builder",
+          "load_checkpoint": "eris.checkpoint", "save_checkpoint": "eris.checkpoint",
+          "CONFIGS": "eris.config", "ErisConfig": "eris.config", "get_config": "eris.config",
+          "ERIS": "eris.model", "ErisOutput": "eris.model", "TextFeatures": "eris.model"}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'eris' has no attribute {name!r}")

@@ -30,7 +30,7 @@ from pi_runtime.__main__ import add_backend_arguments
 from pi_runtime.bundle import BundleError, load_manifest
 from pi_runtime.litert import BackendUnavailable, interpreter_package
 from pi_runtime.precision import alternate
-from pi_runtime.segmenter import Segmenter, default_bundle_dir, onnxruntime_importable
+from pi_runtime.segmenter import Segmenter, default_bundle_dir, onnxruntime_importable, session_options
 
 __all__ = ["main", "pi_health"]
 
@@ -229,8 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.peer is not None:
         import onnxruntime as ort
 
-        options = seg._session_options()
-        options.enable_mem_pattern = False
+        options = session_options(seg.threads, image_graph=True)  # the same options as our image graph
         try:
             peer = ort.InferenceSession(str(args.peer), options, providers=["CPUExecutionProvider"])
             pfeeds = peer_feeds(peer, args.peer_input)

@@ -26,7 +26,7 @@ from pi_runtime.phrases import PhraseError, check_phrase
 from pi_runtime.precision import cpu_has_int8_dot
 from pi_runtime.preprocess import letterbox, letterbox_into, load_image, to_rgb_array
 
-__all__ = ["Segmenter", "Result", "cpu_has_int8_dot", "PhraseError", "choose_backend", "BACKENDS"]
+__all__ = ["Segmenter", "Result", "session_options", "cpu_has_int8_dot", "PhraseError", "choose_backend", "BACKENDS"]
 
 TEXT_CACHE_SIZE = 32
 
@@ -107,6 +107,22 @@ def choose_backend(bundle: Path, manifest: dict, asked: str) -> str:
     return "litert"
 
 
+def session_options(threads: int, image_graph: bool = False):
+    """The onnxruntime session options the runtime's graphs run with (``eris.scaling`` uses them too)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    # Spinning threads would starve the camera grabber and the HTTP server of CPU.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if image_graph:
+        # Keep the memory arena (turning it off cost 25 % speed) but not the memory pattern: the
+        # pre-planned pattern holds every activation's peak at once (peak RSS of a 640x480 run:
+        # 294 MB with it, 223 MB without, at the same 62 ms per frame on this machine).
+        options.enable_mem_pattern = False
+    return options
+
+
 class Segmenter:
     def __init__(self, bundle: str | Path, precision: str = "auto", threads: int | None = None,
                  long_side: int | None = None, backend: str = "auto"):
@@ -184,12 +200,8 @@ class Segmenter:
         return images, lambda p: LiteRTGraph(self.bundle / images[p]["file"], images[p], self.threads, f"{p} image")
 
     def _image_session(self, precision: str):
-        # Keep the memory arena (turning it off cost 25 % speed) but not the memory pattern: the
-        # pre-planned pattern holds every activation's peak at once (peak RSS of a 640x480 run:
-        # 294 MB with it, 223 MB without, at the same 62 ms per frame on this machine).
         spec = self.manifest["graphs"]["image"][precision]
-        options = self._session_options()
-        options.enable_mem_pattern = False
+        options = session_options(self.threads, image_graph=True)
         session = self._session(spec["file"], options)
         check_graph_io(session, self.bundle / spec["file"], spec, f"{precision} image")
         return session
@@ -254,13 +266,7 @@ class Segmenter:
             raise BundleError(f"{path}: onnxruntime cannot load it ({exc})") from exc
 
     def _session_options(self):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = self.threads, 1
-        # Spinning threads would starve the camera grabber and the HTTP server of CPU.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return options
+        return session_options(self.threads)
 
     @classmethod
     def from_bundle(cls, path: str | Path | None = None, precision: str = "auto", threads: int | None = None,

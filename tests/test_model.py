@@ -156,7 +156,8 @@ def test_joint_attention_baseline_is_quadratic_and_same_sized(tokenizer):
 def test_scaling_script_records_points_and_failures(tmp_path, capsys):
     from eris.scaling import main as scaling_main
 
-    assert scaling_main(["--out", str(tmp_path), "--sizes", "64", "--runs", "1", "--threads", "1"]) == 0
+    assert scaling_main(["--out", str(tmp_path), "--sizes", "64", "--runs", "1", "--threads", "1",
+                         "--ratio-pairs", "0"]) == 0
     report = json.loads((tmp_path / "scaling.json").read_text())
     for rows in report["results"].values():
         assert rows["64"]["ms"] > 0 and rows["64"]["peak_rss_mb"] > 0
@@ -166,3 +167,49 @@ def test_scaling_script_records_points_and_failures(tmp_path, capsys):
     starved = run([64, 96], 1, 1, mem_limit_gb=0.05, timeout=120)  # cannot even import torch
     for rows in starved["results"].values():
         assert "error" in rows[64] and "skipped" in rows[96]["error"]
+
+
+def test_scaling_onnxruntime_engine_times_exported_graphs_without_torch(tmp_path):
+    """--engine onnxruntime exports both models once and times them in onnxruntime; its worker
+    process must not load torch, or the peak memory it reports would be torch's."""
+    import subprocess
+    import sys
+
+    from eris.scaling import export_graphs, run
+
+    graphs = export_graphs(tmp_path)
+    assert {p.name for p in graphs.values()} == {"image_cross.onnx", "image_joint.onnx"}
+    report = run([64], 1, 1, mem_limit_gb=8, timeout=300, engine="onnxruntime", graphs=graphs)
+    assert report["engine"] == "onnxruntime"
+    for rows in report["results"].values():
+        assert rows[64]["ms"] > 0 and rows[64]["peak_rss_mb"] > 0
+    probe = "import sys, eris.scaling; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+
+
+def test_scaling_ratio_is_the_median_of_alternating_pairs():
+    import time
+
+    from eris.scaling import measure_ratio
+
+    calls = []
+
+    def image_pass(size):  # a pass that costs 1 ms per 100 pixels of side
+        calls.append(size)
+        time.sleep(size / 1e5)
+
+    report = measure_ratio(image_pass, small=200, large=800, pairs=3)
+    assert calls == [200, 800] * 4  # warm-up of each, then alternating pairs
+    assert 3.0 < report["ratio"] < 4.5 and report["ms_small"] >= 2.0 and report["ms_large"] >= 8.0
+
+
+
+def test_scaling_ratio_of_a_bundle_graph(bundle, capsys):
+    from eris.scaling import main as scaling_main
+
+    assert scaling_main(["--ratio-of", str(bundle / "bundle" / "image_fp32.onnx"), "--ratio-pairs", "1",
+                         "--threads", "1"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["sizes"] == [640, 1280] and report["pairs"] == 1
+    assert report["ms_large"] > report["ms_small"] > 0 and report["ratio"] > 1
