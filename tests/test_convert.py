@@ -162,6 +162,18 @@ def test_text_graph_file_is_identical_across_retrains_with_a_frozen_encoder(tmp_
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
 
 
+def test_text_graph_is_exported_before_the_fold(bundle, tokenizer, tmp_path):
+    """The exporter lists every model buffer in each graph's metadata; the std fold removes one,
+    so convert must export the text graph first or its bytes change and git stores it again."""
+    from convert.onnx_export import export_text_graph
+
+    model, _, _ = load_checkpoint(bundle / "ckpt")
+    fresh = onnx.load(str(export_text_graph(model, tokenizer, tmp_path / "text.onnx")))
+    written = onnx.load(str(bundle / "bundle" / "text.onnx"))
+    assert [(p.key, p.value) for p in written.graph.metadata_props] == [(p.key, p.value) for p in fresh.graph.metadata_props]
+    assert any("pixel_std" in p.value for p in written.graph.metadata_props)
+
+
 def test_fold_pixel_std_keeps_the_logits_and_is_idempotent(tiny_model, tokenizer):
     from convert.fold import first_conv, fold_pixel_std
 
