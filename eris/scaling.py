@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from pi_runtime.precision import cpu_model
+
 __all__ = ["measure_one", "measure_one_onnxruntime", "measure_ratio", "export_graphs", "run", "main"]
 
 MODELS = {"ERIS (cross-attention, linear)": "cross", "joint self-attention (quadratic)": "joint"}
@@ -209,25 +211,13 @@ def run(sizes: list[int], runs: int, threads: int, mem_limit_gb: float, timeout:
                 failed.add(name)
             print(f"{size:>5}  {name:<34} {json.dumps(result)}", file=log, flush=True)
     report = {"engine": engine, "deform_sampling": deform_sampling, "sizes": sizes, "threads": threads, "runs": runs,
-              "mem_limit_gb": mem_limit_gb, "cpu": _cpu_model(), "results": rows}
+              "mem_limit_gb": mem_limit_gb, "cpu": cpu_model(), "results": rows}
     if ratio_pairs > 0:
         model = str(graphs["cross"]) if engine == "onnxruntime" else "cross"
         report["eris_ratio"] = _subprocess(["--worker-ratio", engine, model, str(ratio_pairs), str(threads),
                                             deform_sampling], mem_limit_gb, timeout)
         print(f"ERIS alternating 640^2 / 1280^2: {json.dumps(report['eris_ratio'])}", file=log, flush=True)
     return report
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def _table(report: dict) -> str:
