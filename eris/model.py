@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from eris.config import ErisConfig
 from eris.modules import IAM, DeformableFPN, EarlyFusion, GlobalContext, JointAttentionFusion, TextVisualRefinement
+from eris.modules.fpn import upsample_to_output
 from eris.text.bert import BertEncoder
 
 __all__ = ["ERIS", "ErisOutput", "TextFeatures"]
@@ -35,8 +36,14 @@ class TextFeatures:
 class ErisOutput:
     logits: Tensor                   # [B, 1, H/4, W/4], the prediction of Q^O
     aux_logits: list[Tensor]         # predictions of Q_0 .. Q_{steps-1}, same shape (deep supervision)
-    features: Tensor                 # F^O [B, C', H/4, W/4] (feature distillation)
+    coarse_features: Tensor          # F^O before its final 2x upsampling [B, C', H/8, W/8]
     query: Tensor                    # Q^O [B, C']
+
+    @property
+    def features(self) -> Tensor:
+        """F^O ``[B, C', H/4, W/4]`` (feature distillation), upsampled when asked for: the
+        head itself never needs it (see :mod:`eris.modules.tvr`)."""
+        return upsample_to_output(self.coarse_features)
 
 
 class ERIS(nn.Module):
@@ -90,6 +97,11 @@ class ERIS(nn.Module):
         x = image - self.pixel_mean
         if self.pixel_std is not None:  # None once convert.fold has moved it into the first conv
             x = x / self.pixel_std
+        return self.segment_normalized(x, text)
+
+    def segment_normalized(self, x: Tensor, text: TextFeatures) -> ErisOutput:
+        """:meth:`segment` on an image already normalised by ``pixel_mean`` (and ``pixel_std``
+        unless folded); the exported image graph normalises in its own layout first."""
         x = self.backbone.forward_stem(x)
         aligned = []
         for i, fusion in enumerate(self.fusions):
@@ -99,7 +111,7 @@ class ERIS(nn.Module):
         aligned[-1] = aligned[-1] + self.global_context(x)
         levels, features = self.fpn(aligned)
         query, logits = self.tvr(text.query0, levels, features)
-        return ErisOutput(logits=logits[-1], aux_logits=logits[:-1], features=features, query=query)
+        return ErisOutput(logits=logits[-1], aux_logits=logits[:-1], coarse_features=features, query=query)
 
     def forward(self, image: Tensor, input_ids: Tensor, attention_mask: Tensor) -> ErisOutput:
         return self.segment(image, self.encode_text(input_ids, attention_mask))

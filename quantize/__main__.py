@@ -268,12 +268,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"INT8 graph: float weights stored as fp16 where exact: {leftover['fp16_exact'] / 1e6:.1f} MB "
               f"of fp32 halved, {leftover['fp32'] / 1e6:.1f} MB kept", flush=True)
 
-        candidates = text_candidates(bundle, seg, phrases, args.threads, tmp)
-        # Smallest candidate that keeps every output's cosine >= TEXT_MIN_COSINE.
-        passing = sorted((c for c in candidates if c["accepted_cosine"]), key=lambda c: c["bytes"])
-        text_choice = passing[0] if passing else None
-        if text_choice:
-            shutil.copyfile(tmp / text_choice["file"], bundle / text_choice["file"])
+        text_spec = manifest["graphs"]["text"]
+        if text_spec.get("precision", "fp32") != "fp32":
+            # Quantized before (re-running quantize to try other op sets): its text graph is an
+            # INT8 one already, and quantizing that again would fail inside onnxruntime.
+            print(f"text graph: {text_spec['file']} is {text_spec['precision']} already; left as it is", flush=True)
+            candidates, text_choice = None, None
+        else:
+            candidates = text_candidates(bundle, seg, phrases, args.threads, tmp)
+            # Smallest candidate that keeps every output's cosine >= TEXT_MIN_COSINE.
+            passing = sorted((c for c in candidates if c["accepted_cosine"]), key=lambda c: c["bytes"])
+            text_choice = passing[0] if passing else None
+            if text_choice:
+                shutil.copyfile(tmp / text_choice["file"], bundle / text_choice["file"])
 
     spec = manifest["graphs"]["image"]["fp32"]
     manifest["graphs"]["image"]["int8"] = {
@@ -314,8 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"text graph: {text_choice['file']} replaces {float_text}", flush=True)
     elif text_choice:
         files.add(text_choice["file"])
-    manifest["text_quantization"] = {"criteria": {"min_cosine": TEXT_MIN_COSINE, "max_miou_drop": TEXT_MAX_MIOU_DROP},
-                                     "candidates": candidates, "chosen": text_choice and text_choice["kind"]}
+    if candidates is not None:  # else the record of the run that quantized the text graph stays
+        manifest["text_quantization"] = {"criteria": {"min_cosine": TEXT_MIN_COSINE, "max_miou_drop": TEXT_MAX_MIOU_DROP},
+                                         "candidates": candidates, "chosen": text_choice and text_choice["kind"]}
     manifest["files"] = sorted(files)
     write_manifest(bundle, manifest)
     report["sizes_mb"] = {Path(f).stem: round((bundle / f).stat().st_size / 1e6, 2) for f in sorted(files)}
@@ -324,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_bytes(bundle / "quantization_report.md", _markdown(report).encode())
     print(_markdown(report))
     print(json.dumps({"bundle": str(bundle), "chosen": best_cfg.name, "nodes_in_float": len(exclude),
-                      "holdout_agreement": final, "text": text_choice and text_choice["kind"],
+                      "holdout_agreement": final,
+                      "text": text_choice["kind"] if text_choice else manifest["graphs"]["text"].get("precision"),
                       "sizes_mb": report["sizes_mb"], "total_mb": round(sum(report["sizes_mb"].values()), 2)}))
     return 0
 

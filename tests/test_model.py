@@ -28,6 +28,20 @@ def test_output_shapes(student, tokenizer, h, w):
     assert torch.isfinite(out.logits).all()
 
 
+def test_head_upsamples_logits_exactly_as_it_would_upsample_features(student, tokenizer):
+    """The head reads F^O before the FPN's last 2x upsampling and upsamples its logits instead:
+    the same numbers as the head applied to the upsampled F^O (the paper's order)."""
+    from eris.modules import dot_product_head
+
+    ids, mask = tokenizer(PHRASES)
+    with torch.no_grad():
+        out = student(image(3, 320, 256, seed=5), ids, mask)
+    paper_order = dot_product_head(out.query, out.features)
+    assert out.coarse_features.shape[-2:] == (40, 32)
+    assert (out.logits - paper_order).abs().max() <= 1e-4 * paper_order.abs().max()
+    assert out.logits.abs().max() > 1e-3  # not trivially zero
+
+
 @pytest.mark.parametrize("phrase", PHRASES)
 def test_phrase_lengths_give_same_shapes(student, tokenizer, phrase):
     ids, mask = tokenizer(phrase)

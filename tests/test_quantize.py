@@ -96,6 +96,14 @@ def test_quantize_tiny_model_records_its_choices(bundle, calib, tmp_path):
         assert text_file == dyn["file"] and "text.onnx" not in m["files"] and not (b / "text.onnx").exists()
     else:
         assert text_file == "text.onnx" and not (b / dyn["file"]).exists()
+    # quantizing again (another op set, say) redoes the image graph and leaves the text graph be
+    text_bytes = (b / text_file).read_bytes()
+    assert quantize_main(["--bundle", str(b), "--calib", str(calib), "--compare-n", "2", "--holdout-n", "2",
+                          "--sensitivity-n", "1", "--methods", "minmax", "--threads", "1", "--op-sets", "Conv"]) == 0
+    again = load_manifest(b)
+    assert again["graphs"]["image"]["int8"]["quantization"]["op_types"] == ["Conv"]
+    assert again["graphs"]["text"] == m["graphs"]["text"] and again["text_quantization"] == tq
+    assert (b / text_file).read_bytes() == text_bytes and verify_bundle(b)["int8"] == [1, 1, 16, 24]
 
 
 def test_collect_from_a_folder_skips_bad_files(tmp_path, capsys):

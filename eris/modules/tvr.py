@@ -4,6 +4,10 @@ The sentence query Q_0 attends, one FPN level at a time (coarse to fine), to the
 own current prediction marks as foreground: Q_j = softmax(Q_{j-1} K_i^T / sqrt(D)) V_i + Q_{j-1}.
 The prediction of Q_{j-1} is the head at stride 4, average-pooled to level i; where it marks no
 pixel of an image, that image's step attends everywhere. One query per image: O(N) attention.
+
+The head reads F^O before the FPN's last 2x bilinear upsampling and upsamples its one-channel
+logits instead: Q . Up(F) = Up(Q . F) exactly, since that upsampling is linear and the same for
+every channel, and it then moves 1 channel instead of C'.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from eris.modules.fpn import upsample_to_output
 
 __all__ = ["TextVisualRefinement", "dot_product_head"]
 
@@ -38,12 +44,13 @@ class TextVisualRefinement(nn.Module):
         return self.query0(sentence)
 
     def forward(self, q0: Tensor, levels: list[Tensor], features: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """``levels`` coarse to fine, ``features`` = F^O at stride 4.
+        """``levels`` coarse to fine, ``features`` = F^O before its final upsampling (stride 8).
 
-        Returns Q^O and the head's logits for Q_0 .. Q_steps (the last is the final prediction).
+        Returns Q^O and the head's logits at stride 4 for Q_0 .. Q_steps (the last is the final
+        prediction).
         """
         q = q0
-        logits = [dot_product_head(q, features)]
+        logits = [upsample_to_output(dot_product_head(q, features))]
         for j, level in enumerate(levels):
             b, c, h, w = level.shape
             foreground = F.avg_pool2d(logits[-1], self.pool_factors[j]).reshape(b, 1, h * w) > 0
@@ -53,5 +60,5 @@ class TextVisualRefinement(nn.Module):
             scores = (q.unsqueeze(1) @ keys) * self.scale                     # [B, 1, N]
             scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
             q = (scores.softmax(-1) @ values.transpose(1, 2)).squeeze(1) + q  # [B, dim]
-            logits.append(dot_product_head(q, features))
+            logits.append(upsample_to_output(dot_product_head(q, features)))
         return q, logits
