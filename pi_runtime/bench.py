@@ -197,8 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     cached_ms = _time(lambda: seg.encode(PHRASES[0]), args.runs, args.warmup)
     padded, _ = seg.canvas(frame)
     feeds = {"image": padded[None], **seg.encode(PHRASES[0])}
-    image_ms = _time(lambda: seg._image.run(None, feeds), args.runs, args.warmup)
-    frame_ms = _time(lambda: seg.segment(frame, PHRASES[0]), args.runs, args.warmup)
+    # Alternately, so that the per-frame overhead (frame - image) is not a drift of the machine
+    # between two blocks of runs (on a shared VM that drift exceeded the overhead itself).
+    both = alternate({"image": lambda: seg._image.run(None, feeds), "frame": lambda: seg.segment(frame, PHRASES[0])},
+                     args.runs, args.warmup)
+    image_ms, frame_ms = both["image"], both["frame"]
 
     (t50, t95), (i50, i95), (f50, f95) = _percentiles(text_ms), _percentiles(image_ms), _percentiles(frame_ms)
     report = {
