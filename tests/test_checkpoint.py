@@ -69,8 +69,10 @@ def test_committed_student_checkpoint_loads():
     ckpt = Path(__file__).resolve().parents[1] / "checkpoints" / "stdc1-minilm-shapes-roboref"
     model, tok, meta = load_checkpoint(ckpt)
     assert model.config.name == "stdc1-minilm" and model.config.freeze_text
-    assert meta["step"] == 2000 and meta["args"]["data"] == "shapes:1+roboref:1"   # the RoboRef fine-tune
-    earlier = meta["history"][-1]["meta"]
+    assert meta["step"] == 2600 and meta["args"]["data"] == "shapes:1+roboref:1"   # session 8's continuation
+    assert meta["history"][-1]["steps"] == 2100                                     # of session 7's
+    assert meta["history"][-2]["meta"]["step"] == 2000                              # of the RoboRef fine-tune
+    earlier = meta["history"][-3]["meta"]
     assert earlier["step"] == 4200 and earlier["distilled"]["step"] == 1200       # on the ShapeRef student
     # only what training changed is in model.safetensors; the frozen encoder has its own file
     assert meta["text_encoder"]["file"] == TEXT_ENCODER_FILE
