@@ -59,8 +59,11 @@ def normalize_nhwc(pixels: Tensor, mean: Tensor, std: Tensor | None) -> Tensor:
     640x480 (Sub + Div, onnxruntime 1.32). Tiling the 3 means along the row makes the span a
     whole image row. Same values, same rounding."""
     b, h, w, c = pixels.shape
-    row_mean = mean.reshape(1, 1, 1, c).expand(1, 1, w, c).reshape(1, 1, w * c)
-    x = pixels.reshape(b, h, w * c) - row_mean
+
+    def along_row(v: Tensor) -> Tensor:  # per-channel [c] values tiled to one row's [w * c]
+        return v.reshape(1, 1, 1, c).expand(1, 1, w, c).reshape(1, 1, w * c)
+
+    x = pixels.reshape(b, h, w * c) - along_row(mean)
     if std is not None:  # None once convert.fold has moved it into the first conv
-        x = x / std.reshape(1, 1, 1, c).expand(1, 1, w, c).reshape(1, 1, w * c)
+        x = x / along_row(std)
     return x.reshape(b, h, w, c)
