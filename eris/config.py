@@ -35,6 +35,7 @@ class ErisConfig:
     fusion_heads: int = 4
     deform_sampling: str = "grid_sample"  # DCN formulation, see eris.ops.deform_conv
     fusion: str = "cross"              # "cross" (ERIS, linear) or "joint" (the quadratic baseline of eris.scaling)
+    fusion_position: bool = False      # fusion queries also see each pixel's (x, y) in the frame (see EarlyFusion)
     max_tokens: int = 32               # tokenizer truncation, [CLS] and [SEP] included
     long_side: int = 640               # default inference size
     size_divisor: int = 32             # H and W must be multiples of this

@@ -56,9 +56,13 @@ class ERIS(nn.Module):
         infos = backbone.feature_info
         if config.fusion not in ("cross", "joint"):
             raise ValueError(f"fusion {config.fusion!r}: choose cross (ERIS) or joint (the quadratic baseline)")
-        fusion_cls = EarlyFusion if config.fusion == "cross" else JointAttentionFusion
-        self.fusions = nn.ModuleList(
-            fusion_cls(f.channels, text_dim, config.fusion_dim, config.fusion_heads) for f in infos)
+        if config.fusion == "cross":
+            self.fusions = nn.ModuleList(
+                EarlyFusion(f.channels, text_dim, config.fusion_dim, config.fusion_heads, config.fusion_position)
+                for f in infos)
+        else:
+            self.fusions = nn.ModuleList(
+                JointAttentionFusion(f.channels, text_dim, config.fusion_dim, config.fusion_heads) for f in infos)
         self.iams = nn.ModuleList(IAM(f.channels, text_dim, config.dim) for f in infos)
         self.global_context = GlobalContext(infos[-1].channels, config.dim)
         self.fpn = DeformableFPN(config.dim, levels=len(infos), sampling=config.deform_sampling)

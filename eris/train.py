@@ -40,6 +40,11 @@ def build_parser(prog: str = "python -m eris.train", description: str | None = N
     ap.add_argument("--config", default="stdc1-minilm",
                     help=f"model config: {', '.join(sorted(CONFIGS))}, or a config .json file")
     ap.add_argument("--init", help="start from this checkpoint's weights instead of a fresh model")
+    ap.add_argument("--add-fusion-position", action="store_true",
+                    help="with --init: give the fusion queries each pixel's (x, y), starting from zero weights "
+                         "so the initial model computes what the checkpoint did")
+    ap.add_argument("--position-lr-mult", type=float, default=10.0,
+                    help="learning rate of the fusion position weights / --lr (they start at zero)")
     ap.add_argument("--backbone-weights", help="official STDC ImageNet checkpoint for the backbone")
     ap.add_argument("--data", default="shapes",
                     help="training data: shapes, roboref, a mixture (shapes+roboref, or weighted shapes:1+roboref:3), "
@@ -72,6 +77,17 @@ def build_parser(prog: str = "python -m eris.train", description: str | None = N
     ap.add_argument("--seed", type=int, default=0, help="seed for the data stream and initialisation")
     ap.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     return ap
+
+
+def with_fusion_position(model):
+    """``model`` rebuilt with ``fusion_position`` on and every trained weight copied over; the
+    new position weights are zero, so the result computes exactly what ``model`` did."""
+    grown = build_model(model.config.replace(fusion_position=True), pretrained=False)
+    result = grown.load_state_dict(model.state_dict(), strict=False)
+    if result.unexpected_keys or any(".position." not in k for k in result.missing_keys):
+        raise ValueError(f"cannot add fusion position weights: missing {result.missing_keys[:5]}, "
+                         f"unexpected {result.unexpected_keys[:5]}")
+    return grown
 
 
 def poly_lr(step: int, total: int, warmup: int, power: float) -> float:
@@ -142,6 +158,8 @@ def train(args, extra_loss=None) -> dict:
         model, tokenizer, meta = load_checkpoint(args.out)
     elif args.init:
         model, tokenizer, _ = load_checkpoint(args.init)
+        if getattr(args, "add_fusion_position", False) and not model.config.fusion_position:
+            model = with_fusion_position(model)
         if args.freeze_text:  # fine-tuning a checkpoint with its text encoder kept as it is
             model.config = model.config.replace(freeze_text=True)
             model.text_encoder.requires_grad_(False)
@@ -162,11 +180,14 @@ def train(args, extra_loss=None) -> dict:
         extra_loss.to(device)
 
     text_params = [p for p in model.text_encoder.parameters() if p.requires_grad]
-    text_ids = {id(p) for p in text_params}
-    other = [p for p in model.parameters() if p.requires_grad and id(p) not in text_ids]
+    position_params = [p for n, p in model.named_parameters() if p.requires_grad and ".position." in n]
+    special = {id(p) for p in text_params + position_params}
+    other = [p for p in model.parameters() if p.requires_grad and id(p) not in special]
     if extra_loss is not None:
         other += [p for p in extra_loss.parameters() if p.requires_grad]
     groups = [{"params": other, "lr": args.lr}]
+    if position_params:
+        groups.append({"params": position_params, "lr": args.lr * getattr(args, "position_lr_mult", 10.0)})
     if text_params:
         groups.append({"params": text_params, "lr": args.lr * args.text_lr_mult})
     optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)

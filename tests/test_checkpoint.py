@@ -120,3 +120,48 @@ def test_frozen_fine_tuned_encoder_is_split_out_byte_identical_across_saves(tmp_
     b.write_bytes(a.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(ValueError, match="sha256 differs"):
         load_checkpoint(tmp_path / "b")
+
+
+def _graph_holding(tensors: dict, path):
+    """An ONNX file whose float16 initializers are ``tensors`` (as an exported image graph keeps them)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inits = [numpy_helper.from_array(v.numpy(), f"model.{k}_fp16") for k, v in tensors.items()]
+    graph = helper.make_graph([], "g", [], [], initializer=inits)
+    onnx.save(helper.make_model(graph), str(path))
+
+
+def test_weights_kept_in_an_image_graph_are_referenced_not_copied(tiny_model, tokenizer, tmp_path):
+    from safetensors.torch import load_file
+
+    from eris.checkpoint import GRAPH_REFERENCE, main as checkpoint_main
+
+    _perturb_batchnorm(tiny_model)
+    ck = save_checkpoint(tiny_model.eval(), tmp_path / "ck", tokenizer, meta={"step": 1}, dtype=torch.float16)
+    state = load_file(str(ck / "model.safetensors"))
+    convs = {k: v for k, v in state.items() if k.endswith(".weight") and v.dim() == 4 and v.numel() >= 1024}
+    _graph_holding(convs, tmp_path / "image_fp32.onnx")
+    size = (ck / "model.safetensors").stat().st_size
+    assert checkpoint_main(["reference-graph", str(ck), str(tmp_path / "image_fp32.onnx")]) == 0
+    meta = json.loads((ck / "meta.json").read_text())
+    assert meta["step"] == 1 and meta[GRAPH_REFERENCE]["file"] == "../image_fp32.onnx"
+    assert set(meta[GRAPH_REFERENCE]["tensors"]) == set(convs)
+    assert set(load_file(str(ck / "model.safetensors"))) == set(state) - set(convs)
+    assert (ck / "model.safetensors").stat().st_size < size - sum(v.numel() * 2 for v in convs.values()) + 1e4
+    loaded, _, _ = load_checkpoint(ck)
+    for k, v in tiny_model.state_dict().items():
+        want = v.half().float() if v.is_floating_point() else v
+        assert torch.equal(loaded.state_dict()[k].float() if v.is_floating_point() else loaded.state_dict()[k],
+                           want), k
+    # a re-save (training on from it) writes every tensor again and drops the reference
+    save_checkpoint(loaded, tmp_path / "again", tokenizer, meta=meta, dtype=torch.float16)
+    assert GRAPH_REFERENCE not in json.loads((tmp_path / "again" / "meta.json").read_text())
+    # the graph rebuilt from other weights is caught, and so is a missing graph
+    k0 = sorted(convs)[0]
+    _graph_holding({**convs, k0: convs[k0] + 1}, tmp_path / "image_fp32.onnx")
+    with pytest.raises(ValueError, match="no longer holds"):
+        load_checkpoint(ck)
+    (tmp_path / "image_fp32.onnx").unlink()
+    with pytest.raises(FileNotFoundError, match="image_fp32.onnx"):
+        load_checkpoint(ck)

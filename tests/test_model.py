@@ -227,3 +227,29 @@ def test_scaling_ratio_of_a_bundle_graph(bundle, capsys):
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["sizes"] == [640, 1280] and report["pairs"] == 1
     assert report["ms_large"] > report["ms_small"] > 0 and report["ratio"] > 1
+
+
+def test_frame_coordinates_are_pixel_centres_in_minus_one_to_one():
+    from eris.modules.fusion import frame_coordinates
+
+    grid = frame_coordinates(torch.zeros(3, 5, 2, 4))
+    assert grid.shape == (1, 2, 2, 4)
+    assert torch.allclose(grid[0, 0, 1], torch.tensor([-0.75, -0.25, 0.25, 0.75]))
+    assert torch.allclose(grid[0, 1, :, 2], torch.tensor([-0.5, 0.5]))
+
+
+def test_adding_fusion_position_keeps_the_function_until_trained(tiny_model, tokenizer):
+    from eris.train import with_fusion_position
+
+    tiny_model.eval()
+    grown = with_fusion_position(tiny_model).eval()
+    assert grown.config.fusion_position and all(torch.count_nonzero(f.position.weight) == 0 for f in grown.fusions)
+    image = torch.rand(1, 3, 64, 96) * 255
+    ids, mask = tokenizer("the leftmost red cube")
+    with torch.no_grad():
+        assert torch.equal(grown(image, ids, mask).logits, tiny_model(image, ids, mask).logits)
+        for f in grown.fusions:
+            f.position.weight.normal_()
+        moved = grown(image, ids, mask).logits
+        before = tiny_model(image, ids, mask).logits
+    assert (moved - before).abs().max() > 1e-3
