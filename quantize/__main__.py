@@ -4,11 +4,12 @@
 2. Which op types to quantize (``--op-sets``, e.g. only Conv; Conv and MatMul; everything), then
    S8S8 / U8S8 x MinMax / Percentile / Entropy on the chosen set, each calibrated on
    ``--compare-n`` pairs and judged by how well the INT8 masks agree with fp32 (mean IoU) on
-   ``--holdout-n`` ShapeRef val images, and by latency on this machine: the fastest candidate
-   within ``--agreement-tolerance`` of the best agreement wins.
+   ``--holdout-n`` ShapeRef val images, and by latency on this machine, the candidates of one
+   comparison timed alternately (``--latency-runs`` calls each): the fastest candidate within
+   ``--agreement-tolerance`` of the best agreement wins.
 3. Per-node sensitivity report of the best scheme; nodes whose own quantization SQNR is below
    ``--sqnr-threshold`` dB are proposed for float, and kept in float only if that wins on the
-   same agreement/latency rule.
+   same agreement/latency rule, timed alternately against the all-INT8 graph.
 4. Quantize with the best scheme on all calibration pairs, excluding those nodes, write
    ``image_int8.onnx`` and record the choice in the manifest.
 5. With ``--report``: mIoU / oIoU on ShapeRef val at 640 for ONNX fp32 and INT8 (the checkpoint's
@@ -28,7 +29,6 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ import onnxruntime as ort
 from convert.weights import int8_embedding, store_fp16, unpack_fp16
 from pi_runtime.bundle import load_manifest, write_manifest
 from pi_runtime.files import atomic_write_bytes
+from pi_runtime.precision import alternate
 from pi_runtime.segmenter import Segmenter
 from quantize.calib import CalibrationReader, read_pairs
 from quantize.int8 import ACTIVATION_TYPES, METHODS, QuantConfig, preprocess, quantize_image_graph, sensitivity_report
@@ -92,15 +93,24 @@ def _min_cosine(reference: ort.InferenceSession, candidate: ort.InferenceSession
     return worst
 
 
-def latency_ms(session: ort.InferenceSession, feeds: dict, runs: int = 7) -> float:
-    """Median latency of one image-graph call on this (the build) machine, after one warm-up."""
-    session.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return round(float(np.median(times)), 2)
+def alternating_latency_ms(sessions: list[ort.InferenceSession], feeds: dict, runs: int) -> list[float]:
+    """Median latency (ms) of one image-graph call of each session on this (the build) machine,
+    timed in turn (``pi_runtime.precision.alternate``), so that the candidates being compared
+    share whatever else the machine is doing: timed one after the other on a shared VM, two
+    graphs' medians drifted apart by 15 % with no change to either."""
+    times = alternate({i: (lambda s=s: s.run(None, feeds)) for i, s in enumerate(sessions)}, runs)
+    return [round(float(np.median(times[i])), 2) for i in range(len(sessions))]
+
+
+def _time_rows(rows: list[dict], feeds: dict, threads: int | None, runs: int) -> None:
+    """Fills ``ms`` of each candidate row (built graph at ``row['path']``) by alternating timing."""
+    ok = [r for r in rows if "error" not in r]
+    if ok:
+        sessions = [_session(r["path"], threads) for r in ok]
+        for r, ms in zip(ok, alternating_latency_ms(sessions, feeds, runs)):
+            r["ms"] = ms
+    for r in rows:
+        r.pop("path", None)
 
 
 def _fastest_good(rows: list[dict], tolerance: float) -> dict | None:
@@ -181,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="semicolon-separated op-type sets to compare ('all': every quantizable op)")
     ap.add_argument("--agreement-tolerance", type=float, default=0.01,
                     help="among candidates whose mask agreement is within this of the best, take the fastest")
+    ap.add_argument("--latency-runs", type=int, default=15,
+                    help="alternating timed calls per candidate (the median decides among equally accurate ones)")
     ap.add_argument("--schemes", default="S8S8,U8S8", help=f"comma list of {sorted(ACTIVATION_TYPES)}")
     ap.add_argument("--methods", default="minmax,percentile,entropy", help=f"comma list of {sorted(METHODS)}")
     ap.add_argument("--report", action="store_true", help="measure mIoU/oIoU of fp32 and INT8 on ShapeRef val")
@@ -217,23 +229,28 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as exc:  # e.g. histogram calibration of a constant tensor
                 print(f"{label:<32} failed: {exc}", flush=True)
                 return {"scheme": cfg.scheme, "method": cfg.method, "op_types": ops, "error": str(exc)}
-            session = _session(path, args.threads)
-            row = {"scheme": cfg.scheme, "method": cfg.method, "op_types": ops,
-                   **agreement(reference, session, feeds), "ms": latency_ms(session, feeds[0])}
-            print(f"{label:<32} mask agreement {row['mask_agreement_iou']:.4f}  "
-                  f"logit SQNR {row['logit_sqnr_db']:.1f} dB  {row['ms']:.1f} ms", flush=True)
+            row = {"scheme": cfg.scheme, "method": cfg.method, "op_types": ops, "label": label,
+                   **agreement(reference, _session(path, args.threads), feeds), "path": path}
             return row
+
+        def timed(rows: list[dict]) -> list[dict]:
+            _time_rows(rows, feeds[0], args.threads, args.latency_runs)
+            for r in rows:
+                if "error" not in r:
+                    print(f"{r.pop('label'):<32} mask agreement {r['mask_agreement_iou']:.4f}  "
+                          f"logit SQNR {r['logit_sqnr_db']:.1f} dB  {r['ms']:.1f} ms", flush=True)
+                r.pop("label", None)
+            return rows
 
         op_sets = [None if o.strip() == "all" else [t.strip() for t in o.split(",")] for o in args.op_sets.split(";")]
         first = QuantConfig("U8S8", "minmax")
-        op_rows = [trial(first, ops, f"ops {','.join(ops) if ops else 'all'} ({first.name})") for ops in op_sets]
+        op_rows = timed([trial(first, ops, f"ops {','.join(ops) if ops else 'all'} ({first.name})")
+                         for ops in op_sets])
         op_best = _fastest_good(op_rows, args.agreement_tolerance) or {"op_types": None}
         op_types = op_best["op_types"]
-        compared = []
-        for scheme in args.schemes.split(","):
-            for method in args.methods.split(","):
-                cfg = QuantConfig(scheme.strip(), method.strip())
-                compared.append(trial(cfg, op_types, cfg.name))
+        compared = timed([trial(QuantConfig(scheme.strip(), method.strip()), op_types,
+                                QuantConfig(scheme.strip(), method.strip()).name)
+                          for scheme in args.schemes.split(",") for method in args.methods.split(",")])
         usable = [r for r in compared if "error" not in r]
         if not usable:
             print("error: every quantization scheme failed; see above", file=sys.stderr)
@@ -251,11 +268,16 @@ def main(argv: list[str] | None = None) -> int:
             path = quantize_image_graph(pre, tmp / "excluded.onnx", reader(pairs[:args.compare_n]), best_cfg,
                                         proposed, op_types)
             session = _session(path, args.threads)
-            exclusion_trial = {**agreement(reference, session, feeds), "ms": latency_ms(session, feeds[0]),
-                               "nodes": proposed}
+            exclusion_trial = {**agreement(reference, session, feeds), "nodes": proposed}
+            # timed against the all-INT8 graph in one alternating run: their difference is what decides
+            all_int8 = dict(best)
+            pair = [_session(tmp / f"{best_cfg.name}.onnx", args.threads), session]
+            all_int8["ms"], exclusion_trial["ms"] = alternating_latency_ms(pair, feeds[0], args.latency_runs)
+            exclusion_trial["all_int8_ms"] = all_int8["ms"]
             print(f"{'with ' + str(len(proposed)) + ' node(s) in float':<32} mask agreement "
-                  f"{exclusion_trial['mask_agreement_iou']:.4f}  {exclusion_trial['ms']:.1f} ms", flush=True)
-            if _fastest_good([best, exclusion_trial], args.agreement_tolerance) is exclusion_trial:
+                  f"{exclusion_trial['mask_agreement_iou']:.4f}  {exclusion_trial['ms']:.1f} ms "
+                  f"(all INT8 {all_int8['ms']:.1f} ms, alternating)", flush=True)
+            if _fastest_good([all_int8, exclusion_trial], args.agreement_tolerance) is exclusion_trial:
                 exclude = proposed
         print(f"best {best_cfg.name}; keeping {len(exclude)} node(s) in float: {exclude}", flush=True)
         quantize_image_graph(pre, tmp / INT8_FILE, reader(final_pairs), best_cfg, exclude, op_types)

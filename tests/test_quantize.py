@@ -63,7 +63,7 @@ def test_quantize_tiny_model_records_its_choices(bundle, calib, tmp_path):
     b = shutil.copytree(bundle / "bundle", tmp_path / "b")
     assert quantize_main(["--bundle", str(b), "--calib", str(calib), "--compare-n", "2", "--holdout-n", "2",
                           "--sensitivity-n", "1", "--methods", "minmax,entropy", "--threads", "1",
-                          "--op-sets", "Conv;all"]) == 0
+                          "--op-sets", "Conv;all", "--latency-runs", "3"]) == 0
     m = load_manifest(b)
     q = m["graphs"]["image"]["int8"]["quantization"]
     assert q["scheme"] in ("S8S8", "U8S8") and q["calibration"] in ("minmax", "entropy")
@@ -71,6 +71,7 @@ def test_quantize_tiny_model_records_its_choices(bundle, calib, tmp_path):
                                                                   for k in ("minmax", "entropy")}
     assert isinstance(q["nodes_in_float"], list) and q["calibration_pairs"] == 6
     assert [r["op_types"] for r in q["op_sets_compared"]] == [["Conv"], None]
+    assert all(r["ms"] > 0 and "path" not in r and "label" not in r for r in q["compared"] + q["op_sets_compared"])
     assert q["op_types"] in (["Conv"], "all")
     assert "image_int8.onnx" in m["files"]
     # int8 weights are half the fp16 the float graph stores them in
@@ -133,3 +134,25 @@ def test_collect_camera_without_picamera2_says_what_to_do(tmp_path, monkeypatch)
     monkeypatch.setitem(sys.modules, "picamera2", None)
     with pytest.raises(SystemExit, match="picamera2.*--from-folder"):
         collect_main(["--camera", "--n", "1", "--out", str(tmp_path), "--phrase", "x"])
+
+
+def test_candidates_are_timed_alternately():
+    """Each candidate's median comes from calls interleaved with the others' (a drifting machine
+    slows all alike), and the slower graph reads slower."""
+    import time
+
+    from quantize.__main__ import alternating_latency_ms
+
+    calls = []
+
+    class Fake:
+        def __init__(self, name, seconds):
+            self.name, self.seconds = name, seconds
+
+        def run(self, outputs, feeds):
+            calls.append(self.name)
+            time.sleep(self.seconds)
+
+    fast, slow = alternating_latency_ms([Fake("a", 0.001), Fake("b", 0.006)], {}, runs=4)
+    assert calls == ["a", "b"] * 5  # one warm-up round, then four timed rounds in turn
+    assert 0.9 < fast < slow and slow > 5.0
