@@ -135,8 +135,10 @@ def _dataset(args, tokenizer):
 
 def _validate(model, tokenizer, args, device) -> dict:
     data = args.val_data or (parse_mixture(args.data)[0][0] if args.data != "refcoco" else "refcoco")
+    # the fixed val split (seed 0) whatever the training seed: curves of runs with different
+    # seeds are then measured on the same samples (until session 9 each run drew its own)
     samples = eval_samples(data, "val", args.val_n, args.data_root, args.dataset,
-                           args.split_by or ("umd" if args.dataset == "refcocog" else "unc"), args.seed)
+                           args.split_by or ("umd" if args.dataset == "refcocog" else "unc"))
     return evaluate(model, tokenizer, samples, args.val_size or args.size, device)
 
 

@@ -177,3 +177,21 @@ def test_pre_rendered_manifest_trains_like_the_live_stream(tiny_config_file, tmp
     assert item["image"].shape == (3, SIZE, SIZE) and item["mask"].shape == (SIZE, SIZE) and item["phrase"]
     assert train_main(_args(tiny_config_file, tmp_path / "run", 1, "--data", str(tmp_path / "cache"),
                             "--val-data", "shapes")) == 0
+
+
+def test_validation_during_training_uses_the_fixed_val_split_whatever_the_seed(monkeypatch):
+    """Runs with different --seed are validated on the same samples: eris.evaluate's fixed split."""
+    import argparse
+
+    import eris.train as train_module
+    from eris.data.datasets import eval_samples
+
+    seen = []
+    monkeypatch.setattr(train_module, "evaluate", lambda model, tok, samples, size, device: seen.append(
+        [(s.image.tobytes(), s.phrase) for s in samples]) or {})
+    args = argparse.Namespace(val_data=None, data="shapes", val_n=3, data_root=None, dataset="refcoco",
+                              split_by=None, seed=5, val_size=None, size=64)
+    train_module._validate(None, None, args, "cpu")
+    fixed = [(s.image.tobytes(), s.phrase) for s in eval_samples("shapes", "val", 3)]
+    other = [(s.image.tobytes(), s.phrase) for s in eval_samples("shapes", "val", 3, seed=5)]
+    assert seen == [fixed] and fixed != other
