@@ -69,14 +69,18 @@ def test_committed_student_checkpoint_loads():
     ckpt = Path(__file__).resolve().parents[1] / "checkpoints" / "stdc1-minilm-shapes-roboref"
     model, tok, meta = load_checkpoint(ckpt)
     assert model.config.name == "stdc1-minilm" and model.config.freeze_text
-    assert meta["step"] == 2600 and meta["args"]["data"] == "shapes:1+roboref:1"   # session 8's continuation
-    assert meta["history"][-1]["steps"] == 2100                                     # of session 7's
-    assert meta["history"][-2]["meta"]["step"] == 2000                              # of the RoboRef fine-tune
-    earlier = meta["history"][-3]["meta"]
+    assert meta["step"] == 5000 and meta["args"]["data"] == "shapes:1+roboref:1"   # session 9's run
+    assert model.config.fusion_position and meta["args"]["add_fusion_position"]
+    assert meta["history"][-1]["steps"] == 2600                                     # on session 8's
+    assert meta["history"][-2]["steps"] == 2100                                     # on session 7's
+    assert meta["history"][-3]["meta"]["step"] == 2000                              # on the RoboRef fine-tune
+    earlier = meta["history"][-4]["meta"]
     assert earlier["step"] == 4200 and earlier["distilled"]["step"] == 1200       # on the ShapeRef student
-    # only what training changed is in model.safetensors; the frozen encoder has its own file
+    # only what training changed is in model.safetensors; the frozen encoder has its own file, and
+    # the image weights are those the shipped fp32 graph holds, referenced, not stored twice
     assert meta["text_encoder"]["file"] == TEXT_ENCODER_FILE
-    assert (ckpt / "model.safetensors").stat().st_size < 20e6
+    assert meta["image_graph"]["file"] == "../../pi_runtime/bundles/default/image_fp32.onnx"
+    assert len(meta["image_graph"]["tensors"]) > 50 and (ckpt / "model.safetensors").stat().st_size < 1e6
     ids, mask = tok("the red circle on the left")
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 64, 96), ids, mask)
