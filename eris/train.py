@@ -160,7 +160,7 @@ def train(args, extra_loss=None) -> dict:
         model, tokenizer, meta = load_checkpoint(args.out)
     elif args.init:
         model, tokenizer, _ = load_checkpoint(args.init)
-        if getattr(args, "add_fusion_position", False) and not model.config.fusion_position:
+        if args.add_fusion_position and not model.config.fusion_position:
             model = with_fusion_position(model)
         if args.freeze_text:  # fine-tuning a checkpoint with its text encoder kept as it is
             model.config = model.config.replace(freeze_text=True)
@@ -189,7 +189,7 @@ def train(args, extra_loss=None) -> dict:
         other += [p for p in extra_loss.parameters() if p.requires_grad]
     groups = [{"params": other, "lr": args.lr}]
     if position_params:
-        groups.append({"params": position_params, "lr": args.lr * getattr(args, "position_lr_mult", 10.0)})
+        groups.append({"params": position_params, "lr": args.lr * args.position_lr_mult})
     if text_params:
         groups.append({"params": text_params, "lr": args.lr * args.text_lr_mult})
     optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)

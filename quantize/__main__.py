@@ -103,15 +103,15 @@ def alternating_latency_ms(sessions: list[ort.InferenceSession], feeds: dict, ru
     return [round(float(np.median(times[i])), 2) for i in range(len(sessions))]
 
 
-def _time_rows(rows: list[dict], feeds: dict, threads: int | None, runs: int) -> None:
-    """Fills ``ms`` of each candidate row (built graph at ``row['path']``) by alternating timing."""
+def _time_rows(rows: list[dict], feeds: dict, runs: int) -> None:
+    """Fills ``ms`` of each candidate row (its open ``row['session']``) by alternating timing,
+    then drops the sessions from the rows."""
     ok = [r for r in rows if "error" not in r]
     if ok:
-        sessions = [_session(r["path"], threads) for r in ok]
-        for r, ms in zip(ok, alternating_latency_ms(sessions, feeds, runs)):
+        for r, ms in zip(ok, alternating_latency_ms([r["session"] for r in ok], feeds, runs)):
             r["ms"] = ms
     for r in rows:
-        r.pop("path", None)
+        r.pop("session", None)
 
 
 def _fastest_good(rows: list[dict], tolerance: float) -> dict | None:
@@ -230,12 +230,12 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as exc:  # e.g. histogram calibration of a constant tensor
                 print(f"{label:<32} failed: {exc}", flush=True)
                 return {"scheme": cfg.scheme, "method": cfg.method, "op_types": ops, "error": str(exc)}
-            row = {"scheme": cfg.scheme, "method": cfg.method, "op_types": ops, "label": label,
-                   **agreement(reference, _session(path, args.threads), feeds), "path": path}
-            return row
+            session = _session(path, args.threads)
+            return {"scheme": cfg.scheme, "method": cfg.method, "op_types": ops, "label": label,
+                    **agreement(reference, session, feeds), "session": session}
 
         def timed(rows: list[dict]) -> list[dict]:
-            _time_rows(rows, feeds[0], args.threads, args.latency_runs)
+            _time_rows(rows, feeds[0], args.latency_runs)
             for r in rows:
                 if "error" not in r:
                     print(f"{r.pop('label'):<32} mask agreement {r['mask_agreement_iou']:.4f}  "
@@ -249,9 +249,9 @@ def main(argv: list[str] | None = None) -> int:
                          for ops in op_sets])
         op_best = _fastest_good(op_rows, args.agreement_tolerance) or {"op_types": None}
         op_types = op_best["op_types"]
-        compared = timed([trial(QuantConfig(scheme.strip(), method.strip()), op_types,
-                                QuantConfig(scheme.strip(), method.strip()).name)
-                          for scheme in args.schemes.split(",") for method in args.methods.split(",")])
+        configs = [QuantConfig(scheme.strip(), method.strip())
+                   for scheme in args.schemes.split(",") for method in args.methods.split(",")]
+        compared = timed([trial(cfg, op_types, cfg.name) for cfg in configs])
         usable = [r for r in compared if "error" not in r]
         if not usable:
             print("error: every quantization scheme failed; see above", file=sys.stderr)

@@ -72,7 +72,7 @@ def test_quantize_tiny_model_records_its_choices(bundle, calib, tmp_path):
     assert isinstance(q["nodes_in_float"], list) and q["calibration_pairs"] == 6
     assert [r["op_types"] for r in q["op_sets_compared"]] == [["Conv"], None]
     rows = q["compared"] + q["op_sets_compared"]
-    assert all("path" not in r and "label" not in r for r in rows)
+    assert all("session" not in r and "label" not in r for r in rows)
     assert all(r["ms"] > 0 for r in rows if "error" not in r) and any("error" not in r for r in q["compared"])
     assert q["op_types"] in (["Conv"], "all")
     assert "image_int8.onnx" in m["files"]
