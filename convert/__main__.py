@@ -84,9 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     try:
         export_text_graph(model, tokenizer, out / TEXT_FILE)
-        # Only now: the exporter writes the whole model's parameter and buffer list into every
-        # graph's metadata, so folding first would change the text graph's bytes (one buffer
-        # fewer) and git would store the 35 MB text graph again, though it computes the same.
+        # (the export strips the exporter's metadata, which listed the whole model's parameters
+        # and buffers, so the fold's missing buffer no longer changes the text graph's bytes)
         fold_pixel_std(model)  # the input std moves into the first conv: one full-resolution float op fewer
         export_image_graph(model, tokenizer, out / IMAGE_FILE)
     except ExportError as exc:

@@ -17,7 +17,8 @@ from convert.graphs import IMAGE_INPUTS, IMAGE_OUTPUTS, TEXT_INPUTS, TEXT_OUTPUT
 from eris.model import ERIS
 from eris.text.tokenizer import PhraseTokenizer
 
-__all__ = ["ExportError", "export_text_graph", "export_image_graph", "check_standard_ops", "OPSET"]
+__all__ = ["ExportError", "export_text_graph", "export_image_graph", "check_standard_ops", "strip_export_metadata",
+           "OPSET"]
 
 OPSET = 18  # GridSample (16+) with the pre-opset-20 mode names, well covered by onnxruntime
 FORBIDDEN_OPS = {"DeformConv"}
@@ -48,7 +49,35 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, inputs, outputs, d
     with torch.no_grad():
         torch.onnx.export(module, args, str(path), dynamo=True, opset_version=opset, input_names=inputs,
                           output_names=outputs, dynamic_shapes=dynamic_shapes, external_data=False, verbose=False)
+    strip_export_metadata(path)
     check_standard_ops(path)
+
+
+def strip_export_metadata(path: str | Path) -> None:
+    """Drops the exporter's ``metadata_props`` (graph and nodes) from the saved graph.
+
+    Why: torch.export writes the *whole* model's graph signature (every parameter name) into
+    the graph's metadata and each node's source location (file and line) into its own, so the
+    text graph changed bytes -- and git stored its 36 MB again -- whenever the image side's
+    parameters or this repository's code lines changed, though not one weight of it had. The
+    runtime reads none of it."""
+    model = onnx.load(str(path))
+    del model.graph.metadata_props[:]
+    for graph in _graphs(model.graph):
+        for node in graph.node:
+            del node.metadata_props[:]
+    onnx.save(model, str(path))
+
+
+def _graphs(graph):
+    """``graph`` and every subgraph (If/Loop bodies) under it."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.g.node:
+                yield from _graphs(attr.g)
+            for g in attr.graphs:
+                yield from _graphs(g)
 
 
 def _example_text(tokenizer: PhraseTokenizer):

@@ -34,7 +34,7 @@ from eris.losses import feature_kd
 from eris.train import poly_lr
 from pi_runtime.files import atomic_write
 
-__all__ = ["FeatureAdapters", "backbone_kd_loss", "normalise", "main"]
+__all__ = ["FeatureAdapters", "ImageNetFeatureKD", "backbone_kd_loss", "normalise", "main"]
 
 
 class FeatureAdapters(nn.Module):
@@ -64,6 +64,52 @@ def normalise(image: Tensor, backbone: str) -> Tensor:
     """0..255 RGB -> the normalisation the backbone is trained with (Lite: TF's; STDC: ImageNet's)."""
     mean, std = (LITE_MEAN, LITE_STD) if backbone.startswith("lite") else (IMAGENET_MEAN, IMAGENET_STD)
     return (image - image.new_tensor(mean).view(1, 3, 1, 1)) / image.new_tensor(std).view(1, 3, 1, 1)
+
+
+class ImageNetFeatureKD(nn.Module):
+    """Backbone distillation *during* referring training (``python -m eris.train --imagenet-kd
+    lite0``): an ``extra_loss`` for :func:`eris.train.train` adding ``weight`` x
+    :func:`backbone_kd_loss` between the student's stage outputs in its referring forward
+    (``ErisOutput.stage_features``, before each fusion) and a frozen pretrained Lite backbone's
+    features of the same images.
+
+    Why in the same forward: the trained student's stages already carry text (early fusion feeds
+    each fused map to the next stage), and the 1x1 adapters can discard what is not visual, so the
+    loss pulls ImageNet's object knowledge (a mug is not a duck) into the features the referring
+    head uses, without a second backbone pass. For the first ``adapter_warmup`` steps the student's
+    features are detached: the adapters start random and would otherwise push random gradients
+    into a trained backbone. ``lr_mult`` is the adapters' learning rate / ``--lr``.
+    """
+
+    def __init__(self, student_channels: list[int], teacher: str = "lite0", weight: float = 0.5,
+                 adapter_warmup: int = 200, lr_mult: float = 10.0, pretrained: bool = True):
+        super().__init__()
+        from eris.backbones import build_backbone
+
+        backbone = build_backbone(teacher, pretrained=pretrained).eval().requires_grad_(False)
+        self._teacher = [backbone]  # a list: not a submodule, so neither trained nor saved
+        self.teacher_name = teacher
+        self.adapters = FeatureAdapters(student_channels, [f.channels for f in backbone.feature_info])
+        self.weight, self.adapter_warmup, self.lr_mult = weight, adapter_warmup, lr_mult
+        self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))  # resumes with train_state
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self._teacher[0]
+
+    def forward(self, batch: dict, out) -> tuple[Tensor, dict]:
+        image = batch["image"]
+        if next(self.teacher.parameters()).device != image.device:
+            self.teacher.to(image.device)
+        with torch.no_grad():
+            target = [t.float() for t in self.teacher(normalise(image.float(), self.teacher_name))]
+        student = [f.float() for f in out.stage_features]
+        if self.training and int(self.steps_seen) < self.adapter_warmup:
+            student = [f.detach() for f in student]
+        if self.training:
+            self.steps_seen += 1
+        loss = backbone_kd_loss(student, target, self.adapters)
+        return self.weight * loss, {"imagenet_kd": loss.item()}
 
 
 def _collate(items: list[dict]) -> Tensor:

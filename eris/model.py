@@ -8,7 +8,7 @@ image and those tensors. ``forward`` is the two in sequence and always returns t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +38,9 @@ class ErisOutput:
     aux_logits: list[Tensor]         # predictions of Q_0 .. Q_{steps-1}, same shape (deep supervision)
     coarse_features: Tensor          # F^O before its final 2x upsampling [B, C', H/8, W/8]
     query: Tensor                    # Q^O [B, C']
+    # each backbone stage's output before its fusion (strides 8/16/32): what ImageNet feature
+    # distillation (:class:`eris.backbone_distill.ImageNetFeatureKD`) pulls towards a Lite backbone
+    stage_features: list[Tensor] = field(default_factory=list)
 
     @property
     def features(self) -> Tensor:
@@ -107,15 +110,17 @@ class ERIS(nn.Module):
         """:meth:`segment` on an image already normalised by ``pixel_mean`` (and ``pixel_std``
         unless folded); the exported image graph normalises in its own layout first."""
         x = self.backbone.forward_stem(x)
-        aligned = []
+        aligned, stages = [], []
         for i, fusion in enumerate(self.fusions):
             x = self.backbone.forward_stage(i, x)
+            stages.append(x)
             x = fusion(x, text.fusion_keys[i], text.fusion_values[i], text.key_mask)
             aligned.append(self.iams[i](x, text.iam_gates[i]))
         aligned[-1] = aligned[-1] + self.global_context(x)
         levels, features = self.fpn(aligned)
         query, logits = self.tvr(text.query0, levels, features)
-        return ErisOutput(logits=logits[-1], aux_logits=logits[:-1], coarse_features=features, query=query)
+        return ErisOutput(logits=logits[-1], aux_logits=logits[:-1], coarse_features=features, query=query,
+                          stage_features=stages)
 
     def forward(self, image: Tensor, input_ids: Tensor, attention_mask: Tensor) -> ErisOutput:
         return self.segment(image, self.encode_text(input_ids, attention_mask))

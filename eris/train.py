@@ -46,6 +46,12 @@ def build_parser(prog: str = "python -m eris.train", description: str | None = N
     ap.add_argument("--position-lr-mult", type=float, default=10.0,
                     help="learning rate of the fusion position weights / --lr (they start at zero)")
     ap.add_argument("--backbone-weights", help="official STDC ImageNet checkpoint for the backbone")
+    ap.add_argument("--imagenet-kd", choices=["lite0", "lite1", "lite2"], default=None,
+                    help="also pull the backbone's stage outputs towards this pretrained EfficientNet-Lite's "
+                         "features (1x1 adapters, 2(1 - cos)): ImageNet object knowledge for the student")
+    ap.add_argument("--imagenet-kd-weight", type=float, default=0.5, help="weight of the --imagenet-kd loss")
+    ap.add_argument("--imagenet-kd-warmup", type=int, default=200,
+                    help="steps during which only the --imagenet-kd adapters learn (backbone features detached)")
     ap.add_argument("--data", default="shapes",
                     help="training data: shapes, roboref, a mixture (shapes+roboref, or weighted shapes:1+roboref:3), "
                          "or refcoco")
@@ -178,6 +184,13 @@ def train(args, extra_loss=None) -> dict:
     model.to(device).train()
     if device.type == "cuda":  # NHWC convolutions run faster under AMP on tensor cores
         model.to(memory_format=torch.channels_last)
+    if args.imagenet_kd and extra_loss is not None:
+        raise SystemExit("--imagenet-kd does not combine with eris.distill's teacher losses (yet)")
+    if args.imagenet_kd:
+        from eris.backbone_distill import ImageNetFeatureKD
+
+        extra_loss = ImageNetFeatureKD([f.channels for f in model.backbone.feature_info], args.imagenet_kd,
+                                       args.imagenet_kd_weight, args.imagenet_kd_warmup)
     if extra_loss is not None:
         extra_loss.to(device)
 
@@ -185,9 +198,13 @@ def train(args, extra_loss=None) -> dict:
     position_params = [p for n, p in model.named_parameters() if p.requires_grad and ".position." in n]
     special = {id(p) for p in text_params + position_params}
     other = [p for p in model.parameters() if p.requires_grad and id(p) not in special]
-    if extra_loss is not None:
-        other += [p for p in extra_loss.parameters() if p.requires_grad]
     groups = [{"params": other, "lr": args.lr}]
+    if extra_loss is not None:  # its own group when it asks for another learning rate
+        extra_params = [p for p in extra_loss.parameters() if p.requires_grad]
+        if getattr(extra_loss, "lr_mult", 1.0) == 1.0:
+            other += extra_params
+        elif extra_params:
+            groups.append({"params": extra_params, "lr": args.lr * extra_loss.lr_mult})
     if position_params:
         groups.append({"params": position_params, "lr": args.lr * args.position_lr_mult})
     if text_params:

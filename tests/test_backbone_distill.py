@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from eris.backbone_distill import FeatureAdapters, backbone_kd_loss, main, normalise
+from eris.backbone_distill import FeatureAdapters, ImageNetFeatureKD, backbone_kd_loss, main, normalise
 from eris.backbones import build_backbone
 
 
@@ -53,3 +53,67 @@ def test_two_step_run_resumes_and_writes_an_stdc_checkpoint(tmp_path, capsys):
 
     report = load_imagenet_weights(build_backbone("stdc1"), tmp_path / "bb" / "backbone.safetensors")
     assert report.missing == [] and report.unexpected == []
+
+
+def test_stage_features_are_the_backbone_stages_before_fusion(tiny_model):
+    ids, mask = torch.ones(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.long)
+    with torch.no_grad():
+        out = tiny_model.eval()(torch.rand(1, 3, 64, 96) * 255, ids, mask)
+    info = tiny_model.backbone.feature_info
+    assert [tuple(f.shape[1:]) for f in out.stage_features] == [(i.channels, 64 // i.reduction, 96 // i.reduction)
+                                                                 for i in info]
+    # stage 0 sees no text: it is the plain backbone's first stage on the normalised image
+    with torch.no_grad():
+        x = (torch.rand(1, 3, 64, 96) * 255)
+        a = tiny_model(x, ids, mask).stage_features[0]
+        b = tiny_model.backbone.forward_stage(0, tiny_model.backbone.forward_stem(
+            (x - tiny_model.pixel_mean) / tiny_model.pixel_std))
+    torch.testing.assert_close(a, b)
+
+
+def _fake_output(feats):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(stage_features=feats)
+
+
+def test_imagenet_kd_trains_only_its_adapters_during_warm_up():
+    torch.manual_seed(0)
+    student = build_backbone("stdc1")
+    kd = ImageNetFeatureKD([f.channels for f in student.feature_info], "lite0", weight=0.5, adapter_warmup=1,
+                           pretrained=False).train()
+    image = torch.rand(2, 3, 64, 64) * 255
+    for step, backbone_learns in ((0, False), (1, True)):
+        student.zero_grad(set_to_none=True)
+        kd.zero_grad(set_to_none=True)
+        loss, parts = kd({"image": image}, _fake_output(student(normalise(image, "stdc1"))))
+        assert loss.item() == pytest.approx(0.5 * parts["imagenet_kd"], rel=1e-6) and parts["imagenet_kd"] > 0
+        loss.backward()
+        assert all(p.grad is not None for p in kd.adapters.parameters())
+        assert (student.features[0].conv.weight.grad is not None) == backbone_learns, step
+    assert int(kd.steps_seen) == 2
+    # the teacher is frozen and not part of the loss module's weights
+    assert not any(k.startswith("_teacher") for k in kd.state_dict())
+    assert all(not p.requires_grad for p in kd.teacher.parameters())
+
+
+def test_train_with_imagenet_kd_logs_the_term_and_resumes_its_warm_up_counter(tmp_path):
+    from tests.conftest import tiny_config
+    from eris.train import main as train_main
+
+    config = tmp_path / "tiny.json"
+    tiny_config().save(config)
+    out = tmp_path / "run"
+    args = ["--config", str(config), "--out", str(out), "--batch-size", "2", "--size", "64", "--warmup", "1",
+            "--val-every", "0", "--val-n", "1", "--save-every", "1", "--log-every", "1", "--workers", "0",
+            "--threads", "1", "--imagenet-kd", "lite0", "--imagenet-kd-warmup", "1", "--freeze-text"]
+    assert train_main(args + ["--steps", "2"]) == 0
+    assert train_main(args + ["--steps", "3"]) == 0
+    log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines() if '"loss"' in l]
+    assert [l["step"] for l in log] == [1, 2, 3]
+    for l in log:
+        assert l["loss"] == pytest.approx(l["loss_gt"] + 0.5 * l["loss_imagenet_kd"], rel=1e-5)
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    assert int(state["extra_loss"]["steps_seen"]) == 3
+    # the model, then the adapters at their own rate (3 levels, weight + bias each)
+    assert [len(g["params"]) for g in state["optimizer"]["param_groups"]][1:] == [6]

@@ -143,10 +143,13 @@ def test_found_threshold_is_calibrated_and_used(bundle, tmp_path, capsys):
 
 
 def test_text_graph_file_is_identical_across_retrains_with_a_frozen_encoder(tmp_path, tokenizer):
-    """Two models that share the text encoder but differ everywhere else (a retrain with the
-    encoder frozen) export byte-identical text graphs, so git stores that file once."""
+    """Models that share the text encoder but differ everywhere else -- other weights, another
+    parameter set (fusion position weights), the pixel std folded away -- export byte-identical
+    text graphs, so git stores that file once. (Until session 10 the exporter's metadata listed
+    every parameter of the whole model, and adding the position weights changed the file.)"""
     import torch
 
+    from convert.fold import fold_pixel_std
     from convert.onnx_export import export_text_graph
     from eris import build_model
     from tests.conftest import tiny_config
@@ -154,24 +157,16 @@ def test_text_graph_file_is_identical_across_retrains_with_a_frozen_encoder(tmp_
     torch.manual_seed(0)
     a = build_model(tiny_config()).eval()
     torch.manual_seed(1)
-    b = build_model(tiny_config()).eval()
+    b = build_model(tiny_config(fusion_position=True)).eval()
     b.text_encoder.load_state_dict(a.text_encoder.state_dict())
+    fold_pixel_std(b)
     assert not torch.equal(a.fusions[0].key.weight, b.fusions[0].key.weight)
+    assert set(a.state_dict()) != set(b.state_dict())
     export_text_graph(a, tokenizer, tmp_path / "a.onnx")
     export_text_graph(b, tokenizer, tmp_path / "b.onnx")
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
-
-
-def test_text_graph_is_exported_before_the_fold(bundle, tokenizer, tmp_path):
-    """The exporter lists every model buffer in each graph's metadata; the std fold removes one,
-    so convert must export the text graph first or its bytes change and git stores it again."""
-    from convert.onnx_export import export_text_graph
-
-    model, _, _ = load_checkpoint(bundle / "ckpt")
-    fresh = onnx.load(str(export_text_graph(model, tokenizer, tmp_path / "text.onnx")))
-    written = onnx.load(str(bundle / "bundle" / "text.onnx"))
-    assert [(p.key, p.value) for p in written.graph.metadata_props] == [(p.key, p.value) for p in fresh.graph.metadata_props]
-    assert any("pixel_std" in p.value for p in written.graph.metadata_props)
+    graph = onnx.load(str(tmp_path / "a.onnx")).graph
+    assert len(graph.metadata_props) == 0 and not any(n.metadata_props for n in graph.node)
 
 
 def test_fold_pixel_std_keeps_the_logits_and_is_idempotent(tiny_model, tokenizer):
