@@ -34,6 +34,7 @@ class ErisConfig:
     fusion_dim: int = 128              # early-fusion attention width
     fusion_heads: int = 4
     deform_sampling: str = "grid_sample"  # DCN formulation, see eris.ops.deform_conv
+    deform_sample_channels: tuple[int, ...] = ()  # per FPN level, finest first: channels the DCN samples (0: dim)
     fusion: str = "cross"              # "cross" (ERIS, linear) or "joint" (the quadratic baseline of eris.scaling)
     fusion_position: bool = False      # fusion queries also see each pixel's (x, y) in the frame (see EarlyFusion)
     max_tokens: int = 32               # tokenizer truncation, [CLS] and [SEP] included
@@ -50,7 +51,7 @@ class ErisConfig:
     def from_dict(cls, d: dict) -> "ErisConfig":
         d = dict(d)
         d["text"] = BertConfig(**d.get("text", {}))
-        for key in ("pixel_mean", "pixel_std"):
+        for key in ("pixel_mean", "pixel_std", "deform_sample_channels"):
             if key in d:
                 d[key] = tuple(d[key])
         known = set(cls.__dataclass_fields__)

@@ -68,7 +68,8 @@ class ERIS(nn.Module):
                 JointAttentionFusion(f.channels, text_dim, config.fusion_dim, config.fusion_heads) for f in infos)
         self.iams = nn.ModuleList(IAM(f.channels, text_dim, config.dim) for f in infos)
         self.global_context = GlobalContext(infos[-1].channels, config.dim)
-        self.fpn = DeformableFPN(config.dim, levels=len(infos), sampling=config.deform_sampling)
+        self.fpn = DeformableFPN(config.dim, levels=len(infos), sampling=config.deform_sampling,
+                                 sample_channels=config.deform_sample_channels)
         # TVR visits levels coarse to fine; F^O sits one level below the finest (stride 4).
         out_stride = infos[0].reduction // 2
         self.tvr = TextVisualRefinement(config.dim, text_dim,

@@ -45,6 +45,12 @@ def build_parser(prog: str = "python -m eris.train", description: str | None = N
                          "so the initial model computes what the checkpoint did")
     ap.add_argument("--position-lr-mult", type=float, default=10.0,
                     help="learning rate of the fusion position weights / --lr (they start at zero)")
+    ap.add_argument("--narrow-deform", type=int, nargs="+", metavar="C", default=None,
+                    help="with --init: make the FPN's deformable convs sample C channels (one value per level, "
+                         "finest first; 0 keeps a level), factored from the checkpoint's weights on its own "
+                         "inputs (eris.narrow): the float sampling of the INT8 graph moves C/128 of the data")
+    ap.add_argument("--narrow-batches", type=int, default=6,
+                    help="training batches the --narrow-deform factorisation measures the inputs on")
     ap.add_argument("--backbone-weights", help="official STDC ImageNet checkpoint for the backbone")
     ap.add_argument("--imagenet-kd", choices=["lite0", "lite1", "lite2"], default=None,
                     help="also pull the backbone's stage outputs towards this pretrained EfficientNet-Lite's "
@@ -139,6 +145,23 @@ def _dataset(args, tokenizer):
     return RefCocoTrain(refer, args.size, args.seed, scale_range=(args.scale_min or 0.75, args.scale_max or 1.25))
 
 
+def _narrowed(model, tokenizer, args, verbose: bool):
+    """``model`` with narrowed deformable convs (:func:`eris.narrow.with_narrow_sampling`), factored
+    on ``--narrow-batches`` batches drawn far past any training index (the run never trains on them)."""
+    from eris.narrow import with_narrow_sampling
+
+    data = _dataset(args, tokenizer)
+    collate = Collate(tokenizer)
+    first = 10 ** 8
+    batches = [collate([data[first + b * args.batch_size + i] for i in range(args.batch_size)])
+               for b in range(args.narrow_batches)]
+    model, kept = with_narrow_sampling(model, tuple(args.narrow_deform), batches)
+    if verbose:
+        print("narrowed deformable convs, output energy kept per level: "
+              + ", ".join(f"{i}: {k:.4f}" for i, k in kept.items()))
+    return model
+
+
 def _validate(model, tokenizer, args, device) -> dict:
     data = args.val_data or (parse_mixture(args.data)[0][0] if args.data != "refcoco" else "refcoco")
     # the fixed val split (seed 0) whatever the training seed: curves of runs with different
@@ -168,6 +191,8 @@ def train(args, extra_loss=None) -> dict:
         model, tokenizer, _ = load_checkpoint(args.init)
         if args.add_fusion_position and not model.config.fusion_position:
             model = with_fusion_position(model)
+        if args.narrow_deform:
+            model = _narrowed(model, tokenizer, args, env.main)
         if args.freeze_text:  # fine-tuning a checkpoint with its text encoder kept as it is
             model.config = model.config.replace(freeze_text=True)
             model.text_encoder.requires_grad_(False)

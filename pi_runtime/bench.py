@@ -9,7 +9,9 @@ Measures, each over ``--runs`` repetitions after ``--warmup`` ones:
 With ``--peer MODEL.onnx`` another ONNX model (e.g. YOLO11n-seg exported by its user) is timed
 alternately with our image graph, in the same process with the same threads and session options,
 and the ratio of the two p50s is reported (ours / peer: below 1 means we are faster).
-Prints a table, then the same figures as one JSON object on the last line.
+With ``--profile`` the image graph runs instead under onnxruntime's own profiler, and its node
+time is summed by op type (where a graph spends its time: which float ops an INT8 graph still
+runs). Prints a table, then the same figures as one JSON object on the last line.
 """
 
 from __future__ import annotations
@@ -96,6 +98,63 @@ def peer_feeds(session, shape_arg: str | None) -> dict:
     return feeds
 
 
+def op_profile(graph: Path, feeds: dict, threads: int, runs: int, warmup: int) -> dict:
+    """Node time of ``graph`` by op type per call, over ``runs`` calls after ``warmup`` untimed ones,
+    from onnxruntime's profiler (``SessionOptions.enable_profiling``): ``{op: {"ms", "share",
+    "nodes"}}``, largest first. Only the kernels' own time counts; the share is of their sum."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = session_options(threads, image_graph=True)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        for _ in range(warmup + runs):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    if len(starts) != warmup + runs:
+        raise RuntimeError(f"{graph}: the profile holds {len(starts)} runs, expected {warmup + runs}")
+    first_timed = starts[warmup]
+    by_op: dict[str, dict] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time") or e["ts"] < first_timed:
+            continue
+        entry = by_op.setdefault(e.get("args", {}).get("op_name", "?"), {"us": 0, "nodes": set()})
+        entry["us"] += e["dur"]
+        entry["nodes"].add(e["name"])
+    total = sum(v["us"] for v in by_op.values()) or 1
+    rows = sorted(by_op.items(), key=lambda kv: -kv[1]["us"])
+    return {op: {"ms": round(v["us"] / 1e3 / runs, 3), "share": round(v["us"] / total, 4), "nodes": len(v["nodes"])}
+            for op, v in rows}
+
+
+def profile(args, frame: np.ndarray) -> int:
+    """``--profile``: the image graph's node time by op type (see :func:`op_profile`)."""
+    try:
+        seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, long_side=args.size,
+                                    backend="onnxruntime")
+    except (BundleError, BackendUnavailable, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    padded, _ = seg.canvas(frame)
+    feeds = {"image": padded[None], **seg.encode(PHRASES[0])}
+    graph = seg.bundle / seg.manifest["graphs"]["image"][seg.precision]["file"]
+    ops = op_profile(graph, feeds, seg.threads, args.runs, args.warmup)
+    total = sum(v["ms"] for v in ops.values())
+    print(f"bundle {seg.bundle}  {graph.name}  input {padded.shape[1]}x{padded.shape[0]}  threads {seg.threads}  "
+          f"{args.runs} profiled runs: node time {total:.2f} ms per call")
+    print(f"{'op type':<24}{'nodes':>7}{'ms/call':>10}{'share':>9}")
+    for op, v in ops.items():
+        print(f"{op:<24}{v['nodes']:>7}{v['ms']:>10.3f}{100 * v['share']:>8.1f}%")
+    print(json.dumps({"profile": ops, "node_ms": round(total, 3), "graph": graph.name,
+                      "input_hw": list(padded.shape[:2]), "precision": seg.precision, "threads": seg.threads,
+                      "runs": args.runs}))
+    return 0
+
+
 def backend_name(seg: Segmenter) -> str:
     if seg.backend == "litert":
         return f"litert ({seg._image.package}, XNNPACK)"
@@ -156,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare", action="store_true",
                     help="instead: time every image graph of the bundle (each backend installed here, each "
                          "precision) alternately in this one process on the same frame, and report them side by side")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead: run the image graph under onnxruntime's profiler and print its node time by "
+                         "op type (onnxruntime graphs only)")
     ap.add_argument("--aspect", default="1:1", help="frame aspect W:H, e.g. 4:3 for a camera frame (default 1:1)")
     ap.add_argument("--runs", type=int, default=30, help="timed repetitions")
     ap.add_argument("--warmup", type=int, default=3, help="untimed repetitions first")
@@ -177,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.compare:
         return compare(args, frame)
+    if args.profile:
+        return profile(args, frame)
     t0 = time.perf_counter()
     try:
         seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads,

@@ -36,15 +36,15 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory, tokenizer):
-    """A tiny random-weight model with non-trivial BatchNorm statistics and fusion position
-    weights (as the shipped model has them), exported once."""
+    """A tiny random-weight model with non-trivial BatchNorm statistics, fusion position weights
+    and narrowed deformable convs (as the shipped model has them), exported once."""
     from convert.__main__ import main as convert_main
     from eris import save_checkpoint
     from tests.test_checkpoint import _perturb_batchnorm
 
     root = tmp_path_factory.mktemp("convert")
     torch.manual_seed(0)
-    model = build_model(tiny_config(fusion_position=True))
+    model = build_model(tiny_config(fusion_position=True, deform_sample_channels=(8, 16)))
     _perturb_batchnorm(model)
     with torch.no_grad():  # larger logits, so a 1e-3 tolerance means something
         for q in model.tvr.values:

@@ -281,6 +281,28 @@ def test_bench_prints_a_table_and_a_json_last_line(bundle, capsys):
     assert any(line.startswith("image graph") for line in out)
 
 
+def test_bench_profile_sums_node_time_by_op_type(bundle, capsys):
+    """The tiny bundle's fp32 graph: three deformable convs (one GridSample each), two of them
+    narrowed (a 1x1 Conv before the sampling); shares sum to one and match the ms."""
+    import onnx
+
+    from pi_runtime.bench import main as bench_main
+
+    assert bench_main(["--bundle", str(bundle / "bundle"), "--precision", "fp32", "--threads", "1", "--size", "128",
+                       "--aspect", "4:3", "--runs", "3", "--warmup", "1", "--profile"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(out[-1])
+    ops = report["profile"]
+    graph = onnx.load(str(bundle / "bundle" / "image_fp32.onnx"))
+    assert ops["GridSample"]["nodes"] == sum(n.op_type == "GridSample" for n in graph.graph.node) == 3
+    assert ops["Conv"]["nodes"] == sum(n.op_type == "Conv" for n in graph.graph.node)
+    assert sum(v["share"] for v in ops.values()) == pytest.approx(1.0, abs=1e-3)
+    assert sum(v["ms"] for v in ops.values()) == pytest.approx(report["node_ms"], rel=1e-3, abs=1e-3)
+    assert list(ops) == sorted(ops, key=lambda k: -ops[k]["ms"])
+    assert report["input_hw"] == [96, 128] and report["runs"] == 3
+    assert any(line.startswith("GridSample") for line in out)
+
+
 def test_doctor_reports_each_check_and_fails_on_a_broken_bundle(bundle, tmp_path, capsys):
     import shutil
 

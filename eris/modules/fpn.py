@@ -11,8 +11,9 @@ __all__ = ["DeformableFPN", "upsample_to_output"]
 
 
 class DeformConvBlock(nn.Sequential):
-    def __init__(self, dim: int, sampling: str):
-        super().__init__(DeformConv2d(dim, dim, 3, padding=1, bias=False, sampling=sampling),
+    def __init__(self, dim: int, sampling: str, sample_channels: int | None = None):
+        super().__init__(DeformConv2d(dim, dim, 3, padding=1, bias=False, sampling=sampling,
+                                      sample_channels=sample_channels),
                          nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
 
 
@@ -31,11 +32,19 @@ class DeformableFPN(nn.Module):
     upsampling: every consumer of F^O is linear in it (the dot-product head), so upsampling
     after the head moves one channel instead of C' (exact; 7 % of the INT8 image graph's node
     time at 640x480 was that Resize and its layout reorder).
+
+    ``sample_channels[i]`` (0 or absent: all ``dim``) narrows what block ``i``'s deformable conv
+    samples (see :class:`eris.ops.DeformConv2d`): the finest block samples 16x the pixels of the
+    coarsest, so that is where its float sampling costs.
     """
 
-    def __init__(self, dim: int, levels: int = 3, sampling: str = "grid_sample"):
+    def __init__(self, dim: int, levels: int = 3, sampling: str = "grid_sample",
+                 sample_channels: tuple[int, ...] = ()):
         super().__init__()
-        self.blocks = nn.ModuleList(DeformConvBlock(dim, sampling) for _ in range(levels))
+        if len(sample_channels) > levels:
+            raise ValueError(f"sample_channels {sample_channels} names more than {levels} levels")
+        widths = [(sample_channels[i] if i < len(sample_channels) else 0) or None for i in range(levels)]
+        self.blocks = nn.ModuleList(DeformConvBlock(dim, sampling, w) for w in widths)
 
     def forward(self, aligned: list[Tensor]) -> tuple[list[Tensor], Tensor]:
         """``aligned`` fine to coarse, the coarsest already holding F_g.

@@ -231,19 +231,33 @@ class DeformConv2d(nn.Module):
     modulation sigmoid(0) = 0.5 everywhere (DCNv2's initialisation). ``sampling`` picks the
     formulation (``"grid_sample"`` or ``"gather"``); it changes no weight and may be switched
     on a trained layer before export.
+
+    ``sample_channels`` (< ``in_channels``) samples a 1x1-projected input instead of the input
+    itself: ``reduce`` maps C_in to that many channels, the taps read those, and ``weight`` is
+    ``[C_out, sample_channels, k, k]``. Bilinear sampling and modulation act on each channel
+    alike, so sampling ``reduce(x)`` equals applying ``reduce`` to the samples of ``x``: the layer
+    is a deformable conv whose per-tap weights share a rank-``sample_channels`` input subspace,
+    and the sampling (float GridSample and its modulation, memory-bound on a CPU) moves
+    ``sample_channels / C_in`` of the data. The offsets are still predicted from the full input.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  padding: int = 1, dilation: int = 1, offset_groups: int = 1, bias: bool = True,
-                 sampling: str = "grid_sample"):
+                 sampling: str = "grid_sample", sample_channels: int | None = None):
         super().__init__()
         if sampling not in SAMPLERS:
             raise ValueError(f"unknown deformable sampling {sampling!r}; choose from {sorted(SAMPLERS)}")
+        if sample_channels is not None and not 0 < sample_channels <= in_channels:
+            raise ValueError(f"sample_channels {sample_channels} must be in 1..{in_channels}")
+        if sample_channels == in_channels:
+            sample_channels = None
         self.sampling = sampling
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.offset_groups = offset_groups
         k = kernel_size * kernel_size
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        sampled = sample_channels or in_channels
+        self.reduce = nn.Conv2d(in_channels, sampled, 1, bias=False) if sample_channels else None
+        self.weight = nn.Parameter(torch.empty(out_channels, sampled, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.offset_mask = nn.Conv2d(in_channels, 3 * offset_groups * k, kernel_size, stride, padding, dilation)
@@ -254,5 +268,6 @@ class DeformConv2d(nn.Module):
         om = self.offset_mask(x)
         n_off = 2 * self.offset_groups * self.weight.shape[2] * self.weight.shape[3]
         offset, modulation = om[:, :n_off], torch.sigmoid(om[:, n_off:])
-        return SAMPLERS[self.sampling](x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                                       modulation)
+        sampled = x if self.reduce is None else self.reduce(x)
+        return SAMPLERS[self.sampling](sampled, offset, self.weight, self.bias, self.stride, self.padding,
+                                       self.dilation, modulation)
