@@ -40,6 +40,10 @@ def store_fp16(model: onnx.ModelProto, originals: dict[str, np.ndarray] | None =
     originals = originals or {}
     kept, nodes = [], []
     stats = {"fp16_exact": 0, "fp16_times_scale": 0, "fp32": 0}
+    by_size: dict[tuple[int, int], list[np.ndarray]] = {}
+    for o in originals.values():
+        if o.ndim >= 2:
+            by_size.setdefault((o.size, o.shape[0]), []).append(o)
     for init in graph.initializer:
         w = numpy_helper.to_array(init)
         if w.dtype != np.float32 or w.size < min_elements:
@@ -53,6 +57,12 @@ def store_fp16(model: onnx.ModelProto, originals: dict[str, np.ndarray] | None =
             stats["fp16_exact"] += w.nbytes
             continue
         orig = originals.get(init.name, originals.get(init.name.removeprefix("model.")))
+        if orig is None and w.ndim >= 2:
+            # the exporter may fold a reshape (the deformable conv's weight as a 1x1 conv) and a
+            # BatchNorm into a constant of its own name: try the checkpoint's tensors of that size;
+            # the scale fit below accepts one only if it rebuilds the weight
+            orig = next((o.reshape(w.shape) for o in by_size.get((w.size, w.shape[0]), [])
+                         if _rescaled(o.reshape(w.shape), w) is not None), None)
         if (orig is not None and orig.shape == w.shape and w.ndim >= 2
                 and np.array_equal(orig.astype(np.float16).astype(orig.dtype), orig)):
             o = orig.astype(np.float32).reshape(w.shape[0], -1)
@@ -73,6 +83,15 @@ def store_fp16(model: onnx.ModelProto, originals: dict[str, np.ndarray] | None =
         stats["fp32"] += w.nbytes
     _replace(graph, kept, nodes)
     return stats
+
+
+def _rescaled(orig: np.ndarray, w: np.ndarray) -> np.ndarray | None:
+    """The per-output-channel scale with ``orig * scale == w`` to 1e-6 relative, else None."""
+    o = orig.astype(np.float32).reshape(w.shape[0], -1)
+    flat = w.reshape(w.shape[0], -1)
+    scale = ((flat * o).sum(1) / np.maximum((o * o).sum(1), 1e-30)).astype(np.float32)
+    rebuilt = o * scale[:, None]
+    return scale if np.abs(rebuilt - flat).max() <= 1e-6 * max(np.abs(w).max(), 1e-30) else None
 
 
 def _replace(graph: onnx.GraphProto, initializers: list, new_nodes: list, drop: set[int] | None = None) -> None:
