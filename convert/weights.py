@@ -57,28 +57,26 @@ def store_fp16(model: onnx.ModelProto, originals: dict[str, np.ndarray] | None =
             stats["fp16_exact"] += w.nbytes
             continue
         orig = originals.get(init.name, originals.get(init.name.removeprefix("model.")))
-        if orig is None and w.ndim >= 2:
-            # the exporter may fold a reshape (the deformable conv's weight as a 1x1 conv) and a
-            # BatchNorm into a constant of its own name: try the checkpoint's tensors of that size;
-            # the scale fit below accepts one only if it rebuilds the weight
-            orig = next((o.reshape(w.shape) for o in by_size.get((w.size, w.shape[0]), [])
-                         if _rescaled(o.reshape(w.shape), w) is not None), None)
-        if (orig is not None and orig.shape == w.shape and w.ndim >= 2
-                and np.array_equal(orig.astype(np.float16).astype(orig.dtype), orig)):
-            o = orig.astype(np.float32).reshape(w.shape[0], -1)
-            flat = w.reshape(w.shape[0], -1)
-            scale = ((flat * o).sum(1) / np.maximum((o * o).sum(1), 1e-30)).astype(np.float32)
+        # the exporter may also fold a reshape (the deformable conv's weight as a 1x1 conv) and a
+        # BatchNorm into a constant of its own name: then the checkpoint's tensors of that size are
+        # tried, and one is taken only if a per-channel scale rebuilds the weight
+        candidates = [orig] if orig is not None else \
+            [o.reshape(w.shape) for o in by_size.get((w.size, w.shape[0]), [])] if w.ndim >= 2 else []
+        match = next(((o, sc) for o in candidates
+                      if o.shape == w.shape and w.ndim >= 2
+                      and np.array_equal(o.astype(np.float16).astype(o.dtype), o)
+                      and (sc := _rescaled(o, w)) is not None), None)
+        if match is not None:
+            o, scale = match
             scale_shape = (-1,) + (1,) * (w.ndim - 1)
-            rebuilt = orig.astype(np.float32) * scale.reshape(scale_shape)
-            if np.abs(rebuilt - w).max() <= 1e-6 * max(np.abs(w).max(), 1e-30):
-                kept += [numpy_helper.from_array(orig.astype(np.float16), init.name + "_fp16"),
-                         numpy_helper.from_array(scale.reshape(scale_shape), init.name + "_scale")]
-                nodes += [helper.make_node("Cast", [init.name + "_fp16"], [init.name + "_unscaled"],
-                                           to=TensorProto.FLOAT, name=init.name + "_to_fp32"),
-                          helper.make_node("Mul", [init.name + "_unscaled", init.name + "_scale"], [init.name],
-                                           name=init.name + "_rescale")]
-                stats["fp16_times_scale"] += w.nbytes
-                continue
+            kept += [numpy_helper.from_array(o.astype(np.float16), init.name + "_fp16"),
+                     numpy_helper.from_array(scale.reshape(scale_shape), init.name + "_scale")]
+            nodes += [helper.make_node("Cast", [init.name + "_fp16"], [init.name + "_unscaled"],
+                                       to=TensorProto.FLOAT, name=init.name + "_to_fp32"),
+                      helper.make_node("Mul", [init.name + "_unscaled", init.name + "_scale"], [init.name],
+                                       name=init.name + "_rescale")]
+            stats["fp16_times_scale"] += w.nbytes
+            continue
         kept.append(init)
         stats["fp32"] += w.nbytes
     _replace(graph, kept, nodes)

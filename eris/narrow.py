@@ -89,7 +89,7 @@ def with_narrow_sampling(model, channels: tuple[int, ...], batches) -> tuple[obj
     levels = [i for i, c in enumerate(channels) if c and c < dim]
     channels = tuple(c if c and c < dim else 0 for c in channels)
     covariances = input_covariances(model, levels, batches)
-    narrowed = build_model(model.config.replace(deform_sample_channels=tuple(channels)), pretrained=False)
+    narrowed = build_model(model.config.replace(deform_sample_channels=channels), pretrained=False)
     state = model.state_dict()
     kept = {}
     for i in levels:
