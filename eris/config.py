@@ -37,6 +37,7 @@ class ErisConfig:
     deform_sample_channels: tuple[int, ...] = ()  # per FPN level, finest first: channels the DCN samples (0: dim)
     fusion: str = "cross"              # "cross" (ERIS, linear) or "joint" (the quadratic baseline of eris.scaling)
     fusion_position: bool = False      # fusion queries also see each pixel's (x, y) in the frame (see EarlyFusion)
+    tvr_position: bool = False         # refinement keys/values and head features also get (x, y) (see eris.modules.tvr)
     max_tokens: int = 32               # tokenizer truncation, [CLS] and [SEP] included
     long_side: int = 640               # default inference size
     size_divisor: int = 32             # H and W must be multiples of this

@@ -73,7 +73,8 @@ class ERIS(nn.Module):
         # TVR visits levels coarse to fine; F^O sits one level below the finest (stride 4).
         out_stride = infos[0].reduction // 2
         self.tvr = TextVisualRefinement(config.dim, text_dim,
-                                        tuple(f.reduction // out_stride for f in reversed(infos)))
+                                        tuple(f.reduction // out_stride for f in reversed(infos)),
+                                        config.tvr_position)
         self.output_stride = out_stride
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)

@@ -43,8 +43,12 @@ def build_parser(prog: str = "python -m eris.train", description: str | None = N
     ap.add_argument("--add-fusion-position", action="store_true",
                     help="with --init: give the fusion queries each pixel's (x, y), starting from zero weights "
                          "so the initial model computes what the checkpoint did")
+    ap.add_argument("--add-tvr-position", action="store_true",
+                    help="with --init: give the refinement's levels and the head's features each pixel's (x, y), "
+                         "starting from zero weights (eris.modules.tvr: lets the head pick one of several alike "
+                         "objects by where it lies relative to the others)")
     ap.add_argument("--position-lr-mult", type=float, default=10.0,
-                    help="learning rate of the fusion position weights / --lr (they start at zero)")
+                    help="learning rate of the position weights (fusion and TVR) / --lr (they start at zero)")
     ap.add_argument("--narrow-deform", type=int, nargs="+", metavar="C", default=None,
                     help="with --init: make the FPN's deformable convs sample C channels (one value per level, "
                          "finest first; 0 keeps a level), factored from the checkpoint's weights on its own "
@@ -91,15 +95,22 @@ def build_parser(prog: str = "python -m eris.train", description: str | None = N
     return ap
 
 
-def with_fusion_position(model):
-    """``model`` rebuilt with ``fusion_position`` on and every trained weight copied over; the
-    new position weights are zero, so the result computes exactly what ``model`` did."""
-    grown = build_model(model.config.replace(fusion_position=True), pretrained=False)
+def with_position(model, fusion: bool = False, tvr: bool = False):
+    """``model`` rebuilt with ``fusion_position`` / ``tvr_position`` turned on and every trained
+    weight copied over; the new position weights are zero, so the result computes exactly what
+    ``model`` did."""
+    changes = {k: True for k, on in (("fusion_position", fusion), ("tvr_position", tvr)) if on}
+    grown = build_model(model.config.replace(**changes), pretrained=False)
     result = grown.load_state_dict(model.state_dict(), strict=False)
-    if result.unexpected_keys or any(".position." not in k for k in result.missing_keys):
-        raise ValueError(f"cannot add fusion position weights: missing {result.missing_keys[:5]}, "
+    if result.unexpected_keys or any(not k.endswith("position.weight") for k in result.missing_keys):
+        raise ValueError(f"cannot add position weights: missing {result.missing_keys[:5]}, "
                          f"unexpected {result.unexpected_keys[:5]}")
     return grown
+
+
+def with_fusion_position(model):
+    """:func:`with_position` for the fusion queries alone."""
+    return with_position(model, fusion=True)
 
 
 def poly_lr(step: int, total: int, warmup: int, power: float) -> float:
@@ -189,8 +200,10 @@ def train(args, extra_loss=None) -> dict:
         model, tokenizer, meta = load_checkpoint(args.out)
     elif args.init:
         model, tokenizer, _ = load_checkpoint(args.init)
-        if args.add_fusion_position and not model.config.fusion_position:
-            model = with_fusion_position(model)
+        fusion = args.add_fusion_position and not model.config.fusion_position
+        tvr = args.add_tvr_position and not model.config.tvr_position
+        if fusion or tvr:
+            model = with_position(model, fusion=fusion, tvr=tvr)
         if args.narrow_deform:
             model = _narrowed(model, tokenizer, args, env.main)
         if args.freeze_text:  # fine-tuning a checkpoint with its text encoder kept as it is

@@ -36,21 +36,22 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory, tokenizer):
-    """A tiny random-weight model with non-trivial BatchNorm statistics, fusion position weights
-    and narrowed deformable convs (as the shipped model has them), exported once."""
+    """A tiny random-weight model with non-trivial BatchNorm statistics, fusion and refinement
+    position weights and narrowed deformable convs, exported once."""
     from convert.__main__ import main as convert_main
     from eris import save_checkpoint
     from tests.test_checkpoint import _perturb_batchnorm
 
     root = tmp_path_factory.mktemp("convert")
     torch.manual_seed(0)
-    model = build_model(tiny_config(fusion_position=True, deform_sample_channels=(8, 16)))
+    model = build_model(tiny_config(fusion_position=True, tvr_position=True, deform_sample_channels=(8, 16)))
     _perturb_batchnorm(model)
     with torch.no_grad():  # larger logits, so a 1e-3 tolerance means something
         for q in model.tvr.values:
             q.weight.mul_(8)
         for f in model.fusions:  # they start at zero; nonzero, so the export must carry them
             f.position.weight.normal_(0, 0.5)
+        model.tvr.position.weight.normal_(0, 0.5)
     # fp16 like the shipped checkpoint, so convert stores the graphs' weights as fp16 as it does for real
     save_checkpoint(model.eval(), root / "ckpt", tokenizer, meta={"step": 3, "metrics": {"mIoU": 12.5}},
                     dtype=torch.float16)

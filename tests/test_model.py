@@ -253,3 +253,31 @@ def test_adding_fusion_position_keeps_the_function_until_trained(tiny_model, tok
         moved = grown(image, ids, mask).logits
         before = tiny_model(image, ids, mask).logits
     assert (moved - before).abs().max() > 1e-3
+
+
+def test_adding_tvr_position_keeps_the_function_and_then_adds_a_ramp_the_query_steers(tokenizer):
+    from eris.train import with_position
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(fusion_position=True)).eval()
+    grown = with_position(model, tvr=True).eval()
+    assert grown.config.tvr_position and torch.count_nonzero(grown.tvr.position.weight) == 0
+    image = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(3)) * 255
+    ids, mask = tokenizer(["the mug on the left", "the mug on the right"])
+    with torch.no_grad():
+        assert torch.equal(grown(image, ids, mask).logits, model(image, ids, mask).logits)
+        # W_pos = e_0 [1, 0]: the head's features gain x in channel 0, so Q_0 alone (no
+        # refinement step yet) adds Q_0[0] * x to its logits: a ramp across the frame
+        grown.tvr.position.weight.zero_()
+        grown.tvr.position.weight[0, 0] = 1.0
+        text = grown.encode_text(ids, mask)
+        out = grown.segment(image, text)
+        base = model.segment(image, model.encode_text(ids, mask))
+    first = out.aux_logits[0] - base.aux_logits[0]          # Q_0's prediction, [B, 1, H, W]
+    w = first.shape[-1]
+    xs = (torch.arange(w) + 0.5) * (2.0 / w) - 1.0
+    expected = text.query0[:, 0].view(2, 1, 1, 1) * xs.view(1, 1, 1, w)
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))  # bilinear upsampling's edge rows differ
+    assert torch.allclose(first[inner], expected.expand_as(first)[inner], atol=1e-4)
+    assert (out.logits - base.logits).abs().max() > 1e-3

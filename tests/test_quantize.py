@@ -158,3 +158,19 @@ def test_candidates_are_timed_alternately():
     fast, slow = alternating_latency_ms([Fake("a", 0.001), Fake("b", 0.006)], {}, runs=4)
     assert calls == ["a", "b"] * 5  # one warm-up round, then four timed rounds in turn
     assert 0.9 < fast < slow and slow > 5.0
+
+
+def test_holdout_alternates_between_the_val_sets_and_names_an_unknown_one(bundle):
+    from eris.data import roboref, shapes
+    from pi_runtime.preprocess import letterbox
+    from quantize.__main__ import holdout_feeds
+
+    seg = Segmenter(bundle / "bundle", "fp32", threads=1, long_side=160)  # small scenes: order and content count
+    feeds = holdout_feeds(seg, 3)
+    expected = [shapes.get_sample("val", 0, long_side=160), roboref.get_sample("val", 0, long_side=160),
+                shapes.get_sample("val", 1, long_side=160)]
+    for f, s in zip(feeds, expected, strict=True):
+        assert np.array_equal(f["image"][0], letterbox(s.image, 160, seg.divisor)[0])
+        assert np.array_equal(f["token_mask"], seg.encode(s.phrase)["token_mask"])
+    with pytest.raises(SystemExit, match="refcoco"):
+        holdout_feeds(seg, 1, ("shapes", "refcoco"))
