@@ -108,11 +108,6 @@ def with_position(model, fusion: bool = False, tvr: bool = False):
     return grown
 
 
-def with_fusion_position(model):
-    """:func:`with_position` for the fusion queries alone."""
-    return with_position(model, fusion=True)
-
-
 def poly_lr(step: int, total: int, warmup: int, power: float) -> float:
     """Learning-rate factor: linear warm-up to 1, then (1 - progress)^power down to 0."""
     if step < warmup:

@@ -239,10 +239,10 @@ def test_frame_coordinates_are_pixel_centres_in_minus_one_to_one():
 
 
 def test_adding_fusion_position_keeps_the_function_until_trained(tiny_model, tokenizer):
-    from eris.train import with_fusion_position
+    from eris.train import with_position
 
     tiny_model.eval()
-    grown = with_fusion_position(tiny_model).eval()
+    grown = with_position(tiny_model, fusion=True).eval()
     assert grown.config.fusion_position and all(torch.count_nonzero(f.position.weight) == 0 for f in grown.fusions)
     image = torch.rand(1, 3, 64, 96) * 255
     ids, mask = tokenizer("the leftmost red cube")
@@ -257,7 +257,6 @@ def test_adding_fusion_position_keeps_the_function_until_trained(tiny_model, tok
 
 def test_adding_tvr_position_keeps_the_function_and_then_adds_a_ramp_the_query_steers(tokenizer):
     from eris.train import with_position
-    from tests.conftest import tiny_config
 
     torch.manual_seed(0)
     model = build_model(tiny_config(fusion_position=True)).eval()
