@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--long-side", type=int, default=None,
                     help="model input long side (default: the bundle's, 640; 320 is ~4x faster and less exact; "
                          "ONNX graphs only: .tflite graphs are static)")
+    ap.add_argument("--regions", choices=["best", "all"], default="best",
+                    help="best (default): the mask keeps the one region the model is surest of (a phrase names one "
+                         "object; README, 'One object per phrase'); all: every pixel over the threshold")
     ap.add_argument("--max-pixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
                     help="refuse images larger than this many megapixels, from the header, before decoding "
                          f"(default {DEFAULT_MAX_PIXELS / 1e6:g}: what a 4 GB Pi can decode beside the model)")
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         items = [Item(None, p, phrase) for p in paths]
     try:
-        seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side, args.backend)
+        seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side, args.backend,
+                                    regions=args.regions)
     except (BundleError, BackendUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -157,7 +161,8 @@ def run_live(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side, args.backend)
+        seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side, args.backend,
+                                    regions=args.regions)
     except (BundleError, BackendUnavailable, ValueError) as exc:
         source.close()
         print(f"error: {exc}", file=sys.stderr)

@@ -25,6 +25,7 @@ from pi_runtime.litert import interpreter_package
 from pi_runtime.phrases import PhraseError, check_phrase
 from pi_runtime.precision import cpu_has_int8_dot
 from pi_runtime.preprocess import letterbox, letterbox_into, load_image, to_rgb_array
+from pi_runtime.regions import REGION_MODES, best_region
 
 __all__ = ["Segmenter", "Result", "session_options", "cpu_has_int8_dot", "PhraseError", "choose_backend", "BACKENDS"]
 
@@ -35,7 +36,7 @@ TEXT_CACHE_SIZE = 32
 class Result:
     phrase: str
     probability: np.ndarray            # H x W float32 in [0, 1], the image's own size
-    mask: np.ndarray                   # H x W bool: probability >= threshold
+    mask: np.ndarray                   # H x W bool: probability >= threshold (one region unless regions="all")
     score: float                       # peak probability: how sure the model is the phrase matches something
     found: bool                        # score >= found_threshold (calibrated on val where the bundle says)
     bbox: tuple[int, int, int, int] | None   # x0, y0, x1, y1 (exclusive), None if nothing found
@@ -125,8 +126,12 @@ def session_options(threads: int, image_graph: bool = False):
 
 class Segmenter:
     def __init__(self, bundle: str | Path, precision: str = "auto", threads: int | None = None,
-                 long_side: int | None = None, backend: str = "auto"):
+                 long_side: int | None = None, backend: str = "auto", regions: str = "best"):
         from tokenizers import Tokenizer
+
+        if regions not in REGION_MODES:
+            raise ValueError(f"regions {regions!r}: choose {' or '.join(REGION_MODES)}")
+        self.regions = regions  # "best": the mask keeps one region (pi_runtime.regions); "all": every pixel
 
         self.bundle = Path(bundle)
         self.manifest = load_manifest(self.bundle)
@@ -162,6 +167,7 @@ class Segmenter:
         # "Is it there?" has its own threshold on the peak probability where the bundle records one
         # calibrated on val with absent-target phrases (python -m convert.found); else the mask's.
         self.found_threshold = float(self.manifest["output"].get("found_threshold", self.threshold))
+        self._threshold_logit = float(np.log(self.threshold / (1.0 - self.threshold)))
 
     def _init_onnx(self, long_side: int | None):
         """Opens the ONNX text graph; returns the image graphs and how to open one."""
@@ -270,15 +276,16 @@ class Segmenter:
 
     @classmethod
     def from_bundle(cls, path: str | Path | None = None, precision: str = "auto", threads: int | None = None,
-                    long_side: int | None = None, backend: str = "auto"):
+                    long_side: int | None = None, backend: str = "auto", regions: str = "best"):
         """``path=None`` loads the bundle shipped inside the package; ``long_side`` overrides the
         bundle's input size (e.g. 320 on a Pi 4: about 4x faster, less exact; ONNX graphs only);
-        ``backend``: ``auto``, ``onnxruntime`` or ``litert`` (:func:`choose_backend`)."""
+        ``backend``: ``auto``, ``onnxruntime`` or ``litert`` (:func:`choose_backend`); ``regions``:
+        ``best`` keeps the one region the model is surest of, ``all`` every pixel over the threshold."""
         if path is None:
             path = default_bundle_dir()
             if not (path / "manifest.json").is_file():
                 raise BundleError(f"{path}: this install has no bundled default model; pass a bundle directory")
-        return cls(Path(path), precision, threads, long_side, backend)
+        return cls(Path(path), precision, threads, long_side, backend, regions)
 
     def tokenize(self, phrase: str) -> tuple[np.ndarray, np.ndarray]:
         """``(input_ids, attention_mask)`` int64 ``[1, L]`` (``L = max_tokens`` for the static LiteRT
@@ -315,39 +322,55 @@ class Segmenter:
             return letterbox(image, self.long_side, self.divisor)
         return letterbox_into(image, self.input_hw)
 
-    def logits(self, image: np.ndarray, phrase: str) -> tuple[np.ndarray, dict]:
-        """Mask logits at the image's own resolution and timings (ms)."""
+    def _raw_logits(self, image: np.ndarray, phrase: str):
+        """``(stride-grid logits cropped to the image, Letterbox, timings)``."""
         t0 = time.perf_counter()
         text = self.encode(phrase)
         t1 = time.perf_counter()
         padded, box = self.canvas(image)
         logits = self._image.run(None, {"image": padded[None], **text})[0][0, 0]
         t2 = time.perf_counter()
-        # The resized image covers logits [0, rw/stride) x [0, rh/stride): map that box straight
-        # to the original size (pixel-centre bilinear, as the training side's interpolate).
         rh, rw = box.resized_hw
-        grid = Image.fromarray(np.ascontiguousarray(logits, np.float32), mode="F")
-        out = grid.resize((box.orig_hw[1], box.orig_hw[0]), Image.BILINEAR,
-                          box=(0, 0, rw / self.stride, rh / self.stride))
-        t3 = time.perf_counter()
-        return np.asarray(out, np.float32), {"text": (t1 - t0) * 1e3, "image": (t2 - t1) * 1e3,
-                                             "post": (t3 - t2) * 1e3}
+        cells = logits[: -(-rh // self.stride), : -(-rw // self.stride)]  # the padding holds no object
+        return cells, box, {"text": (t1 - t0) * 1e3, "image": (t2 - t1) * 1e3}
+
+    def _to_image(self, grid: np.ndarray, box) -> np.ndarray:
+        """A stride-grid map resized to the original image: the resized image covers the grid's
+        [0, rw/stride) x [0, rh/stride), mapped straight to the original size (pixel-centre
+        bilinear, as the training side's interpolate)."""
+        rh, rw = box.resized_hw
+        out = Image.fromarray(np.ascontiguousarray(grid, np.float32), mode="F")
+        out = out.resize((box.orig_hw[1], box.orig_hw[0]), Image.BILINEAR, box=(0, 0, rw / self.stride, rh / self.stride))
+        return np.asarray(out, np.float32)
+
+    def logits(self, image: np.ndarray, phrase: str) -> tuple[np.ndarray, dict]:
+        """Mask logits at the image's own resolution and timings (ms)."""
+        cells, box, timings = self._raw_logits(image, phrase)
+        t0 = time.perf_counter()
+        out = self._to_image(cells, box)
+        timings["post"] = (time.perf_counter() - t0) * 1e3
+        return out, timings
 
     def _result(self, image: np.ndarray, phrase: str) -> Result:
-        logits, timings = self.logits(image, phrase)
+        cells, box, timings = self._raw_logits(image, phrase)
         t0 = time.perf_counter()
+        logits = self._to_image(cells, box)
         prob = 1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))  # no overflow warning on confident pixels
         mask = prob >= self.threshold
         score = float(prob.max()) if prob.size else 0.0
         found = score >= self.found_threshold
         if not found:  # a phrase judged absent gets no mask, whatever a few pixels say
             mask = np.zeros_like(mask)
+        elif self.regions == "best":  # one phrase, one object: the region the model is surest of
+            keep = best_region(cells, self._threshold_logit)
+            # Pixels any kept cell contributes to; other regions lie >= 2 cells away (8-connectivity).
+            mask &= self._to_image(keep.astype(np.float32), box) > 0
         bbox = centroid = None
         if mask.any():
             ys, xs = np.nonzero(mask)
             bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
             centroid = (float(xs.mean()), float(ys.mean()))
-        timings["post"] += (time.perf_counter() - t0) * 1e3
+        timings["post"] = (time.perf_counter() - t0) * 1e3
         return Result(phrase, prob, mask, score, found, bbox, centroid, float(mask.mean()), timings)
 
     def segment(self, image, phrase):

@@ -104,3 +104,21 @@ def test_cli_never_imports_the_training_side(bundle, photos, tmp_path):
                            str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert "IMPORTED []" in proc.stdout, proc.stdout + proc.stderr
     assert (tmp_path / "o" / "rgb.png").is_file()
+
+
+def test_regions_flag_reaches_the_segmenter_and_bad_values_are_refused(bundle, photos, tmp_path, monkeypatch, capsys):
+    import pi_runtime.__main__ as cli
+
+    made = []
+    real = cli.Segmenter.from_bundle
+    monkeypatch.setattr(cli.Segmenter, "from_bundle",
+                        lambda *a, **k: made.append(k.get("regions")) or real(*a, **k))
+    image = str(photos / "rgb.jpg")
+    assert _run(bundle, "--input", image, "--text", "cup", "--output", str(tmp_path / "a")) == 0
+    assert _run(bundle, "--input", image, "--text", "cup", "--output", str(tmp_path / "b"), "--regions", "all") == 0
+    assert made == ["best", "all"]
+    best, every = (np.asarray(Image.open(tmp_path / d / "rgb.png")) > 0 for d in ("a", "b"))
+    assert not (best & ~every).any()  # one region kept out of every pixel over the threshold
+    with pytest.raises(SystemExit) as exc:
+        _run(bundle, "--input", image, "--text", "cup", "--output", str(tmp_path / "c"), "--regions", "most")
+    assert exc.value.code == 2 and "--regions" in capsys.readouterr().err

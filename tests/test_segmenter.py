@@ -45,14 +45,63 @@ def test_paths_pil_and_arrays_give_the_same_result(seg, tmp_path):
     assert np.array_equal(many[0].probability, c.probability)
 
 
+def _fake_grid(seg, monkeypatch, grid: np.ndarray) -> np.ndarray:
+    """Makes the image graph "output" ``grid`` for a blank image of the grid's size (stride-grid
+    cells mapped 1:1 to image pixels), so results can be checked against known logits."""
+    from pi_runtime.preprocess import Letterbox
+
+    h, w = grid.shape
+    box = Letterbox((h, w), (h * seg.stride, w * seg.stride), (h * seg.stride, w * seg.stride))
+    monkeypatch.setattr(seg, "_raw_logits", lambda image, phrase: (grid, box, {"text": 0.0, "image": 0.0}))
+    return np.zeros((h, w, 3), np.uint8)
+
+
 def test_result_geometry_from_a_known_mask(seg, monkeypatch):
     logits = np.full((40, 60), -5.0, np.float32)
     logits[10:20, 30:50] = 5.0
-    monkeypatch.setattr(seg, "logits", lambda image, phrase: (logits, {"text": 0.0, "image": 0.0, "post": 0.0}))
-    r = seg.segment(np.zeros((40, 60, 3), np.uint8), "x")
+    r = seg.segment(_fake_grid(seg, monkeypatch, logits), "x")
     assert r.bbox == (30, 10, 50, 20) and r.centroid == (39.5, 14.5)
     assert r.area == pytest.approx(200 / 2400) and r.found and r.score > 0.99
     assert r.to_json()["bbox"] == [30, 10, 50, 20]
+    assert set(r.timings) == {"text", "image", "post"}
+
+
+def test_best_region_mode_keeps_one_object_and_all_keeps_every_one(bundle, monkeypatch):
+    logits = np.full((40, 60), -5.0, np.float32)
+    logits[5:15, 5:15] = 2.0      # the vaguer candidate
+    logits[20:30, 35:55] = 4.0    # the one the model is surest of
+    best = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1)
+    every = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, regions="all")
+    assert best.regions == "best"
+    r_best = best.segment(_fake_grid(best, monkeypatch, logits), "x")
+    r_all = every.segment(_fake_grid(every, monkeypatch, logits), "x")
+    assert np.array_equal(r_all.mask, logits > 0)
+    want = np.zeros_like(r_all.mask)
+    want[20:30, 35:55] = True
+    assert np.array_equal(r_best.mask, want) and r_best.bbox == (35, 20, 55, 30)
+    assert np.array_equal(r_best.probability, r_all.probability) and r_best.score == r_all.score
+    with pytest.raises(ValueError, match="regions 'most'"):
+        Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, regions="most")
+
+
+def test_best_region_mode_at_full_resolution_keeps_the_kept_cells_pixels(seg, bundle, monkeypatch):
+    """On a real letterbox (stride 4 cells upsampled to pixels), the kept mask is the "all" mask
+    restricted to the pixels the kept region's cells reach, and the other region disappears."""
+    every = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, regions="all")
+    image = np.zeros((120, 160, 3), np.uint8)
+    _, box = seg.canvas(image)
+    gh, gw = -(-box.resized_hw[0] // seg.stride), -(-box.resized_hw[1] // seg.stride)
+    grid = np.full((gh, gw), -6.0, np.float32)
+    grid[2:8, 2:8] = 1.0
+    grid[15:25, 20:35] = 5.0
+    for s in (seg, every):
+        monkeypatch.setattr(s, "_raw_logits", lambda image, phrase: (grid, box, {"text": 0.0, "image": 0.0}))
+    r_best, r_all = seg.segment(image, "x"), every.segment(image, "x")
+    assert r_best.mask.shape == (120, 160) and r_best.mask.any()
+    assert not (r_best.mask & ~r_all.mask).any()           # a subset of the thresholded pixels
+    y0, x0, y1, x1 = (v * 120 // gh for v in (2, 2, 8, 8))
+    assert r_all.mask[y0:y1, x0:x1].any() and not r_best.mask[: 120 * 10 // gh, : 160 * 10 // gw].any()
+    assert r_best.mask.sum() == r_all.mask[120 * 12 // gh:, 160 * 17 // gw:].sum()
 
 
 def test_text_tensors_are_cached(seg, monkeypatch):
