@@ -1,4 +1,4 @@
-"""Train an ERIS model on ShapeRef or RefCOCO.
+"""Train an ERIS model on ShapeRef, RoboRef (or a mixture of the two) or RefCOCO.
 
 ``python -m eris.train --config stdc1-minilm --data shapes --out runs/student --steps 2000``
 
@@ -28,6 +28,7 @@ from tqdm import tqdm
 from eris.builder import build_model, build_tokenizer
 from eris.checkpoint import load_checkpoint, save_checkpoint
 from eris.config import CONFIGS, get_config
+from eris.data.roboref_expressions import parse_kind_weights
 from eris.data.datasets import Collate, RefCocoTrain, StepBatchSampler, eval_samples, parse_mixture, train_dataset
 from eris.evaluate import evaluate
 from eris.losses import mask_loss
@@ -65,6 +66,10 @@ def build_parser(prog: str = "python -m eris.train", description: str | None = N
     ap.add_argument("--data", default="shapes",
                     help="training data: shapes, roboref, a mixture (shapes+roboref, or weighted shapes:1+roboref:3), "
                          "or refcoco")
+    ap.add_argument("--kind-weights", type=_kind_weights_arg, default=None, metavar="KIND=W,...",
+                    help="RoboRef training phrase-kind mix, overriding the defaults (attribute 0.25, size 0.1, "
+                         "location 0.15, depth 0.15, ordinal 0.1, relation 0.25), e.g. location=0.3,ordinal=0.2 "
+                         "to draw hard kinds more often; val is unaffected")
     ap.add_argument("--val-data", default=None,
                     help="validation set (shapes, roboref or refcoco; default: the first of --data)")
     ap.add_argument("--data-root", help="refcoco: directory with the refer annotations and images")
@@ -93,6 +98,13 @@ def build_parser(prog: str = "python -m eris.train", description: str | None = N
     ap.add_argument("--seed", type=int, default=0, help="seed for the data stream and initialisation")
     ap.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     return ap
+
+
+def _kind_weights_arg(spec: str) -> dict[str, float]:
+    try:
+        return parse_kind_weights(spec)
+    except ValueError as e:  # argparse shows an ArgumentTypeError's own message, not a generic one
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def with_position(model, fusion: bool = False, tvr: bool = False):
@@ -143,7 +155,7 @@ class _Dist:
 def _dataset(args, tokenizer):
     if args.data != "refcoco":
         scale = (args.scale_min, args.scale_max) if args.scale_min and args.scale_max else None
-        return train_dataset(args.data, args.size, args.seed, scale)
+        return train_dataset(args.data, args.size, args.seed, scale, getattr(args, "kind_weights", None))
     from eris.data.refcoco import RefCoco
 
     split_by = args.split_by or ("umd" if args.dataset == "refcocog" else "unc")

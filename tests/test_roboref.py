@@ -132,3 +132,44 @@ def test_runtime_never_needs_pybullet():
     base = [r for r in reqs if "extra ==" not in r]
     train = [r for r in reqs if 'extra == "train"' in r]
     assert not any(r.startswith("pybullet") for r in base) and any(r.startswith("pybullet") for r in train)
+
+
+def test_kind_weights_parse_and_validate():
+    from eris.data.roboref_expressions import KIND_WEIGHTS, kind_weights, parse_kind_weights
+
+    assert parse_kind_weights(" location=0.3, ordinal=0 ") == {"location": 0.3, "ordinal": 0.0}
+    full = kind_weights({"location": 0.3})
+    assert set(full) == set(KIND_WEIGHTS) and full["location"] == 0.3 and full["relation"] == KIND_WEIGHTS["relation"]
+    for spec, message in [("colour=0.2", "unknown RoboRef phrase kind 'colour'"), ("location", "not KIND=NUMBER"),
+                          ("location=lots", "not KIND=NUMBER"), ("depth=-1", "non-negative"),
+                          ("depth=nan", "non-negative"),
+                          (",".join(f"{k}=0" for k in KIND_WEIGHTS), "at least one must be positive")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            parse_kind_weights(spec)
+
+
+def test_kind_weights_steer_which_kinds_training_draws():
+    from eris.data.roboref_expressions import KIND_WEIGHTS
+
+    only_ordinal = {k: 0.0 for k in KIND_WEIGHTS} | {"ordinal": 1.0}
+    kinds = [get_sample("train", i, long_side=SIDE, kind_weights=only_ordinal).kind for i in range(12)]
+    assert set(kinds) <= {"ordinal", "absent"} and kinds.count("ordinal") >= 8
+    again = get_sample("train", 3, long_side=SIDE, kind_weights=only_ordinal)
+    first = get_sample("train", 3, long_side=SIDE, kind_weights=only_ordinal)
+    assert again.phrase == first.phrase and np.array_equal(again.mask, first.mask)
+    # No weights: the defaults, so val stays what it was.
+    assert get_sample("val", 5, long_side=SIDE).phrase == get_sample("val", 5, long_side=SIDE, kind_weights=None).phrase
+
+
+def test_kind_weights_need_roboref_in_the_training_data(capsys):
+    from eris.data.datasets import train_dataset
+    from eris.train import build_parser
+
+    with pytest.raises(ValueError, match="RoboRef only"):
+        train_dataset("shapes", 64, kind_weights={"location": 0.5})
+    ds = train_dataset("shapes:1+roboref:1", 64, kind_weights={"location": 0.5})
+    assert ds is not None
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--out", "r", "--kind-weights", "where=1"])
+    assert exc.value.code == 2 and "--kind-weights: unknown RoboRef phrase kind 'where'" in capsys.readouterr().err
+    assert build_parser().parse_args(["--out", "r", "--kind-weights", "depth=0.4"]).kind_weights == {"depth": 0.4}

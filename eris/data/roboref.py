@@ -439,8 +439,10 @@ def place_scene(rng: np.random.Generator) -> tuple[RoboScene, list[int]]:
     return scene, bodies
 
 
-def get_sample(split: str, index: int, seed: int = 0, long_side: int = 640, degrade: bool = True) -> RoboRefSample:
-    """Sample ``index`` of ``split``; the same on any machine for the same arguments."""
+def get_sample(split: str, index: int, seed: int = 0, long_side: int = 640, degrade: bool = True,
+               kind_weights: dict[str, float] | None = None) -> RoboRefSample:
+    """Sample ``index`` of ``split``; the same on any machine for the same arguments.
+    ``kind_weights``: the phrase-kind mix (training only; see ``roboref_expressions.kind_weights``)."""
     size = SPLIT_SIZES.get(split)
     if size is not None and not 0 <= index < size:
         raise IndexError(f"{split} has {size} samples; index {index} is out of range")
@@ -448,7 +450,7 @@ def get_sample(split: str, index: int, seed: int = 0, long_side: int = 640, degr
     absent = rng.random() < ABSENT_P
     for _ in range(20):
         scene, _ = place_scene(rng)
-        found = generate_expression(scene.objects, rng, absent=absent)
+        found = generate_expression(scene.objects, rng, absent=absent, weights=kind_weights)
         if found is not None:
             break
     else:
@@ -464,8 +466,12 @@ class RoboRefTrain:
     """Unlimited training samples rendered at the training size, augmented like ShapeRef
     (scale, placement, flip with the left/right rewrite; no crop, which would change "leftmost")."""
 
-    def __init__(self, size: int, seed: int = 0, scale_range=(0.75, 1.0), flip_p: float = 0.5):
+    def __init__(self, size: int, seed: int = 0, scale_range=(0.75, 1.0), flip_p: float = 0.5,
+                 kind_weights: dict[str, float] | None = None):
+        from eris.data.roboref_expressions import kind_weights as full_weights
+
         self.size, self.seed, self.scale_range, self.flip_p = size, seed, scale_range, flip_p
+        self.kind_weights = full_weights(kind_weights) if kind_weights else None
 
     def __len__(self) -> int:
         return 10 ** 9
@@ -474,7 +480,7 @@ class RoboRefTrain:
         from eris.data.datasets import _to_item
         from eris.data.transforms import random_scale_pad_flip
 
-        s = get_sample("train", index, self.seed, long_side=self.size)
+        s = get_sample("train", index, self.seed, long_side=self.size, kind_weights=self.kind_weights)
         rng = np.random.default_rng([self.seed, 7919, 77, index])
         image, mask, phrase = random_scale_pad_flip(s.image, s.mask, s.phrase, self.size, rng,
                                                     self.scale_range, self.flip_p)

@@ -220,8 +220,40 @@ def _absent(objects, rng) -> str | None:
     return None
 
 
-def generate_expression(objects, rng: np.random.Generator, absent: bool = False, attempts_per_kind: int = 25):
-    """``(target index or None, phrase kind, phrase)``, or None when no expression is clearly unique."""
+def kind_weights(overrides: dict[str, float] | None = None) -> dict[str, float]:
+    """:data:`KIND_WEIGHTS` with ``overrides`` applied (training may draw hard kinds more often;
+    val and test always use the defaults, so they stay comparable across runs)."""
+    weights = dict(KIND_WEIGHTS)
+    for kind, w in (overrides or {}).items():
+        if kind not in weights:
+            raise ValueError(f"unknown RoboRef phrase kind {kind!r}; choose from {', '.join(weights)}")
+        if not (w >= 0 and np.isfinite(w)):
+            raise ValueError(f"kind weight {kind}={w}: must be a non-negative number")
+        weights[kind] = float(w)
+    if sum(weights.values()) <= 0:
+        raise ValueError("kind weights: at least one must be positive")
+    return weights
+
+
+def parse_kind_weights(spec: str) -> dict[str, float]:
+    """``"location=0.3,ordinal=0.2"`` -> ``{"location": 0.3, "ordinal": 0.2}`` (checked by :func:`kind_weights`)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        kind, sep, value = part.partition("=")
+        try:
+            out[kind.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"kind weights {spec!r}: {part!r} is not KIND=NUMBER") from None
+        if not sep:
+            raise ValueError(f"kind weights {spec!r}: {part!r} is not KIND=NUMBER")
+    kind_weights(out)
+    return out
+
+
+def generate_expression(objects, rng: np.random.Generator, absent: bool = False, attempts_per_kind: int = 25,
+                        weights: dict[str, float] | None = None):
+    """``(target index or None, phrase kind, phrase)``, or None when no expression is clearly unique.
+    ``weights``: how often each proposal kind is tried first (default :data:`KIND_WEIGHTS`)."""
     if absent:
         np_text = _absent(objects, rng)
         return None if np_text is None else (None, "absent", _pick(rng, WRAPPERS).format(np=np_text))
@@ -231,8 +263,9 @@ def generate_expression(objects, rng: np.random.Generator, absent: bool = False,
     targets = [i for i, o in seen.items() if o.visible >= MIN_VISIBLE]
     if not targets:
         return None
-    kinds = list(KIND_WEIGHTS)
-    w = np.array([KIND_WEIGHTS[k] for k in kinds])
+    weights = weights or KIND_WEIGHTS
+    kinds = [k for k in weights if weights[k] > 0]
+    w = np.array([weights[k] for k in kinds])
     for k in rng.choice(len(kinds), size=len(kinds), replace=False, p=w / w.sum()):
         for _ in range(attempts_per_kind):
             t = targets[int(rng.integers(len(targets)))]
