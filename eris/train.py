@@ -28,8 +28,8 @@ from tqdm import tqdm
 from eris.builder import build_model, build_tokenizer
 from eris.checkpoint import load_checkpoint, save_checkpoint
 from eris.config import CONFIGS, get_config
-from eris.data.roboref_expressions import parse_kind_weights
 from eris.data.datasets import Collate, RefCocoTrain, StepBatchSampler, eval_samples, parse_mixture, train_dataset
+from eris.data.roboref_expressions import parse_kind_weights
 from eris.evaluate import evaluate
 from eris.losses import mask_loss
 
@@ -155,7 +155,7 @@ class _Dist:
 def _dataset(args, tokenizer):
     if args.data != "refcoco":
         scale = (args.scale_min, args.scale_max) if args.scale_min and args.scale_max else None
-        return train_dataset(args.data, args.size, args.seed, scale, getattr(args, "kind_weights", None))
+        return train_dataset(args.data, args.size, args.seed, scale, args.kind_weights)
     from eris.data.refcoco import RefCoco
 
     split_by = args.split_by or ("umd" if args.dataset == "refcocog" else "unc")

@@ -27,6 +27,7 @@ from pathlib import Path
 from pi_runtime.batch import BatchLockedError, DiskFullError, Item, expand_inputs, read_manifest, run_batch
 from pi_runtime.phrases import PhraseError, check_phrase
 from pi_runtime.preprocess import DEFAULT_MAX_PIXELS
+from pi_runtime.regions import REGION_MODES
 from pi_runtime.bundle import BundleError
 from pi_runtime.litert import BackendUnavailable
 from pi_runtime.segmenter import BACKENDS, Segmenter
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--long-side", type=int, default=None,
                     help="model input long side (default: the bundle's, 640; 320 is ~4x faster and less exact; "
                          "ONNX graphs only: .tflite graphs are static)")
-    ap.add_argument("--regions", choices=["best", "all"], default="best",
+    ap.add_argument("--regions", choices=REGION_MODES, default="best",
                     help="best (default): the mask keeps the one region the model is surest of (a phrase names one "
                          "object; README, 'One object per phrase'); all: every pixel over the threshold")
     ap.add_argument("--max-pixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
