@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--regions", choices=REGION_MODES, default="best",
                     help="best (default): the mask keeps the one region the model is surest of (a phrase names one "
                          "object; README, 'One object per phrase'); all: every pixel over the threshold")
+    ap.add_argument("--no-sticky", dest="sticky", action="store_false",
+                    help="live, with --regions best: choose each frame's region afresh (default: stay on the object "
+                         "kept on the last frame unless another scores clearly higher; README, 'Live mode')")
     ap.add_argument("--max-pixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
                     help="refuse images larger than this many megapixels, from the header, before decoding "
                          f"(default {DEFAULT_MAX_PIXELS / 1e6:g}: what a 4 GB Pi can decode beside the model)")
@@ -182,7 +185,7 @@ def run_live(args) -> int:
     watch_stdin(box)
     try:
         summary = run_stream(seg, source, box, json_out=sys.stdout if args.json else None, preview=preview,
-                             save_dir=args.save, max_frames=args.frames)
+                             save_dir=args.save, max_frames=args.frames, sticky=args.sticky)
     except CameraError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -8,6 +8,12 @@ most on the phrases that single one object out among alike ones (ordinal, depth,
 Works on the stride-4 logit grid (a 640x480 frame's is 160x120), in numpy only: the runtime has
 no scipy. Regions are 8-connected components, found by propagating the smallest flat index
 through each component with pointer jumping, which converges in a few passes for compact shapes.
+
+Live mode adds memory (:class:`RegionTrack`): when two alike objects score close, the choice
+made on each frame afresh jumps between them as the camera moves, and a robot following the mask
+jumps with it. Frame to frame, the region touching the last frame's kept one gets its score
+multiplied by :data:`STICKY_BONUS`, so the mask moves to another object only when the model is
+clearly surer of it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ REGION_MODES = ("best", "all")
 # small, sharp blob on the wrong object; the sum, a large, vague one. Chosen on the first 400 of
 # each val set among mean, sum, peak and powers 0.25 / 0.5, and confirmed on the other 600.
 SIZE_POWER = 0.25
+# Live mode: the score of a region touching the last frame's kept region (grown by STICKY_REACH
+# cells, for motion between frames) is multiplied by STICKY_BONUS. Chosen on rendered camera
+# sweeps over RoboRef val scenes (README, "Live mode: staying on one object").
+STICKY_BONUS = 1.5
+STICKY_REACH = 3
 
 
 def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -59,9 +70,26 @@ def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, len(roots)
 
 
-def best_region(logits: np.ndarray, threshold_logit: float) -> np.ndarray:
+def grow(mask: np.ndarray, reach: int) -> np.ndarray:
+    """``mask`` dilated by a (2 reach + 1)-square: every cell within ``reach`` cells of a True one."""
+    out = np.asarray(mask, bool).copy()
+    for axis in (0, 1):
+        base, n = out.copy(), out.shape[axis]
+        for d in range(1, min(reach, n - 1) + 1):
+            ahead = [slice(None)] * 2
+            behind = [slice(None)] * 2
+            ahead[axis], behind[axis] = slice(d, None), slice(None, n - d)
+            out[tuple(behind)] |= base[tuple(ahead)]
+            out[tuple(ahead)] |= base[tuple(behind)]
+    return out
+
+
+def best_region(logits: np.ndarray, threshold_logit: float, prefer: np.ndarray | None = None,
+                bonus: float = STICKY_BONUS) -> np.ndarray:
     """Bool mask of ``logits``' shape: the 8-connected region of ``logits >= threshold_logit``
-    with the highest mean logit x size ** :data:`SIZE_POWER`. All False if nothing passes."""
+    with the highest mean logit x size ** :data:`SIZE_POWER`. All False if nothing passes.
+    ``prefer``: a bool map of the same shape (the last frame's kept region, already grown for
+    motion); regions touching it score ``bonus`` times more."""
     logits = np.asarray(logits)
     over = logits >= threshold_logit
     rows, cols = np.nonzero(over.any(axis=1))[0], np.nonzero(over.any(axis=0))[0]
@@ -77,8 +105,33 @@ def best_region(logits: np.ndarray, threshold_logit: float) -> np.ndarray:
     # Shifted by the threshold, so every region's mean is >= 0 and a bigger region never scores less
     # for being bigger at the same mean.
     scores = (sums / counts - threshold_logit) * counts ** SIZE_POWER
+    if prefer is not None and prefer.shape == logits.shape:  # a resized frame has no memory
+        touches = np.bincount(flat, weights=prefer[box].ravel(), minlength=n + 1)[1:] > 0
+        scores = np.where(touches, scores * bonus, scores)
     keep = np.zeros(n + 1, bool)
     keep[1 + int(np.argmax(scores))] = True
     out = np.zeros_like(over)
     out[box] = keep[labels]
     return out
+
+
+class RegionTrack:
+    """Live mode's memory: the region kept on the last frame, for :func:`best_region`'s
+    ``prefer``. Forgets on a new phrase, a frame where nothing was found, or a frame of another
+    size. One per stream: a batch of unrelated images must not share one."""
+
+    def __init__(self, bonus: float = STICKY_BONUS, reach: int = STICKY_REACH):
+        self.bonus, self.reach = bonus, reach
+        self.phrase: str | None = None
+        self.last: np.ndarray | None = None   # the last kept region, grown by reach
+
+    def choose(self, logits: np.ndarray, threshold_logit: float, phrase: str) -> np.ndarray:
+        """:func:`best_region` with the last frame's region preferred; remembers the choice."""
+        if phrase != self.phrase:
+            self.phrase, self.last = phrase, None
+        keep = best_region(logits, threshold_logit, self.last, self.bonus)
+        self.last = grow(keep, self.reach) if keep.any() else None
+        return keep
+
+    def forget(self) -> None:
+        self.last = None

@@ -25,7 +25,7 @@ from pi_runtime.litert import interpreter_package
 from pi_runtime.phrases import PhraseError, check_phrase
 from pi_runtime.precision import cpu_has_int8_dot
 from pi_runtime.preprocess import letterbox, letterbox_into, load_image, to_rgb_array
-from pi_runtime.regions import REGION_MODES, best_region
+from pi_runtime.regions import REGION_MODES, RegionTrack, best_region
 
 __all__ = ["Segmenter", "Result", "session_options", "cpu_has_int8_dot", "PhraseError", "choose_backend", "BACKENDS"]
 
@@ -376,7 +376,7 @@ class Segmenter:
         timings["post"] = (time.perf_counter() - t0) * 1e3
         return out, timings
 
-    def _result(self, image: np.ndarray, phrase: str) -> Result:
+    def _result(self, image: np.ndarray, phrase: str, track: RegionTrack | None = None) -> Result:
         cells, box, timings = self._raw_logits(image, phrase)
         t0 = time.perf_counter()
         logits = self._to_image(cells, box)
@@ -386,8 +386,12 @@ class Segmenter:
         found = score >= self.found_threshold
         if not found:  # a phrase judged absent gets no mask, whatever a few pixels say
             mask = np.zeros_like(mask)
+            if track is not None:
+                track.forget()
         elif self.regions == "best":  # one phrase, one object: the region the model is surest of
-            self._keep_only(mask, best_region(cells, self._threshold_logit), box)
+            keep = (track.choose(cells, self._threshold_logit, phrase) if track is not None
+                    else best_region(cells, self._threshold_logit))
+            self._keep_only(mask, keep, box)
         bbox = centroid = None
         if mask.any():
             ys, xs = np.nonzero(mask)
@@ -396,11 +400,15 @@ class Segmenter:
         timings["post"] = (time.perf_counter() - t0) * 1e3
         return Result(phrase, prob, mask, score, found, bbox, centroid, float(mask.mean()), timings)
 
-    def segment(self, image, phrase):
+    def segment(self, image, phrase, track: RegionTrack | None = None):
         """``image``: a path, a PIL image or an ``H x W x 3`` uint8 RGB array. ``phrase``: a string
-        (returns one :class:`Result`) or a list of strings (returns a list)."""
+        (returns one :class:`Result`) or a list of strings (returns a list). ``track``: live mode's
+        memory of the last frame's region (:class:`pi_runtime.regions.RegionTrack`; one phrase
+        only), so the mask stays on one object while another scores about the same."""
         phrases = [check_phrase(p) for p in phrase] if isinstance(phrase, (list, tuple)) else check_phrase(phrase)
         array = load_image(image) if isinstance(image, (str, Path)) else to_rgb_array(image)
         if isinstance(phrases, list):
+            if track is not None:
+                raise ValueError("a region track follows one phrase; segment a list of phrases without one")
             return [self._result(array, p) for p in phrases]
-        return self._result(array, phrases)
+        return self._result(array, phrases, track)

@@ -23,6 +23,7 @@ from pi_runtime.batch import overlay
 from pi_runtime.files import atomic_write
 from pi_runtime.preprocess import ImageError
 from pi_runtime.phrases import MAX_PHRASE_CHARS, PhraseError, check_phrase, printable
+from pi_runtime.regions import RegionTrack
 from pi_runtime.segmenter import Segmenter
 from pi_runtime.sources import FrameGrabber
 
@@ -109,10 +110,13 @@ def _rate(times) -> float:
 
 
 def run_stream(seg: Segmenter, source, box: PhraseBox, *, json_out=None, preview=None, save_dir: Path | None = None,
-               max_frames: int | None = None, stop: threading.Event | None = None, log=sys.stderr) -> dict:
+               max_frames: int | None = None, stop: threading.Event | None = None, sticky: bool = True,
+               log=sys.stderr) -> dict:
     """Segments frames from ``source`` until it ends, ``max_frames`` were done or ``stop`` is set.
     ``json_out``: a text stream for one JSON line per frame; ``preview``: an object with
-    ``publish(jpeg_bytes, status)`` (the preview server); ``save_dir``: masks as ``<frame>.png``."""
+    ``publish(jpeg_bytes, status)`` (the preview server); ``save_dir``: masks as ``<frame>.png``;
+    ``sticky``: frame to frame, stay on the object kept last unless another is clearly surer
+    (:class:`pi_runtime.regions.RegionTrack`)."""
     grabber = FrameGrabber(source) if getattr(source, "live", False) else None
     read = grabber.read if grabber else source.read
     if save_dir:
@@ -120,6 +124,7 @@ def run_stream(seg: Segmenter, source, box: PhraseBox, *, json_out=None, preview
     times: deque[float] = deque(maxlen=30)      # the last 30 frames give FPS and median latency
     latencies: deque[float] = deque(maxlen=30)
     frame_no = 0
+    track = RegionTrack() if sticky else None
     try:
         while not (stop and stop.is_set()) and (max_frames is None or frame_no < max_frames):
             frame = read()
@@ -128,7 +133,7 @@ def run_stream(seg: Segmenter, source, box: PhraseBox, *, json_out=None, preview
             phrase = box.get()
             t0 = time.perf_counter()
             try:
-                result = seg.segment(frame, phrase)
+                result = seg.segment(frame, phrase, track=track) if track else seg.segment(frame, phrase)
             except (ImageError, PhraseError, ValueError) as exc:  # a bad frame is skipped, the loop goes on
                 print(f"skipped frame {frame_no}: {printable(str(exc), 200)}", file=log, flush=True)
                 continue

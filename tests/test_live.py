@@ -143,6 +143,25 @@ def test_replay_writes_one_json_line_per_frame_and_masks(seg, frames, tmp_path):
     assert Image.open(masks[0]).size == (128, 96)
 
 
+def test_replay_passes_one_region_track_through_the_stream_unless_told_not_to(seg, frames):
+    from pi_runtime.regions import RegionTrack
+
+    class Recording:
+        def __init__(self):
+            self.tracks = []
+
+        def segment(self, frame, phrase, track=None):
+            self.tracks.append(track)
+            return seg.segment(frame, phrase, track=track)
+
+    sticky, fresh = Recording(), Recording()
+    run_stream(sticky, ImageFolderSource(frames), PhraseBox("the red mug"), log=io.StringIO())
+    run_stream(fresh, ImageFolderSource(frames), PhraseBox("the red mug"), sticky=False, log=io.StringIO())
+    assert len(sticky.tracks) == 4 and isinstance(sticky.tracks[0], RegionTrack)
+    assert all(t is sticky.tracks[0] for t in sticky.tracks)   # one memory for the whole stream
+    assert fresh.tracks == [None] * 4
+
+
 def test_cli_camera_path_with_a_fake_picamera2(bundle, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
     code = runtime_main(["--bundle", str(bundle / "bundle"), "--threads", "1", "--precision", "fp32", "--camera",
@@ -188,6 +207,17 @@ def test_cli_source_errors(bundle, tmp_path, capsys):
     assert "no such file or directory" in capsys.readouterr().err
     assert runtime_main(["--bundle", str(bundle / "bundle"), "--source", str(tmp_path), "--text", "  "]) == 2
     assert "--text: phrase is empty" in capsys.readouterr().err
+
+
+def test_cli_no_sticky_reaches_the_stream(bundle, frames, monkeypatch):
+    import pi_runtime.stream as stream
+
+    seen = []
+    real = stream.run_stream
+    monkeypatch.setattr(stream, "run_stream", lambda *a, **k: seen.append(k["sticky"]) or real(*a, **k))
+    base = ["--bundle", str(bundle / "bundle"), "--threads", "1", "--text", "cup", "--source", str(frames)]
+    assert runtime_main(base) == 0 and runtime_main([*base, "--no-sticky"]) == 0
+    assert seen == [True, False]
 
 
 def _get(url, data=None):

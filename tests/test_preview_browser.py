@@ -25,7 +25,7 @@ class HalfSegmenter:
     """Masks the left half of the frame when the phrase says 'left', else the right half: what
     the page shows then depends on the phrase in a way a screenshot can check."""
 
-    def segment(self, frame, phrase):
+    def segment(self, frame, phrase, track=None):
         h, w = frame.shape[:2]
         mask = np.zeros((h, w), bool)
         mask[:, : w // 2] = "left" in phrase

@@ -5,7 +5,7 @@ from collections import deque
 import numpy as np
 import pytest
 
-from pi_runtime.regions import SIZE_POWER, best_region, label_regions
+from pi_runtime.regions import SIZE_POWER, STICKY_BONUS, RegionTrack, best_region, grow, label_regions
 
 
 def _flood_fill_labels(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -102,3 +102,50 @@ def test_one_region_or_none_is_returned_as_is():
     assert np.array_equal(best_region(logits, 0.0), logits >= 0.0)
     assert not best_region(np.full((6, 9), -1.0), 0.0).any()
     assert best_region(np.zeros((0, 0)), 0.0).shape == (0, 0)
+
+
+@pytest.mark.parametrize("reach", [0, 1, 3])
+def test_grow_equals_a_plain_square_dilation(reach):
+    rng = np.random.default_rng(reach)
+    for shape in [(1, 1), (1, 7), (9, 1), (12, 17)]:
+        mask = rng.random(shape) < 0.08
+        want = np.zeros_like(mask)
+        for y, x in zip(*np.nonzero(mask)):
+            want[max(0, y - reach): y + reach + 1, max(0, x - reach): x + reach + 1] = True
+        assert np.array_equal(grow(mask, reach), want), (shape, reach)
+
+
+def _left_right_blobs(a_mean: float, b_mean: float, shift: int = 0) -> np.ndarray:
+    """Equal-sized blobs, A on the left (moved right by ``shift``) and B on the right."""
+    logits = np.full((20, 40), -4.0)
+    logits[5:11, 4 + shift:10 + shift] = a_mean
+    logits[5:11, 28:34] = b_mean
+    return logits
+
+
+def test_a_preferred_region_wins_only_within_the_bonus():
+    prefer = np.zeros((20, 40), bool)
+    prefer[6:9, 5:8] = True                       # touches A
+    a_kept = lambda logits, bonus: best_region(logits, 0.0, prefer, bonus)[7, 6]
+    # B's mean is 1.4x A's: A wins with bonus 1.5, B with 1.3 or with no preference at all.
+    assert a_kept(_left_right_blobs(2.0, 2.8), 1.5)
+    assert not a_kept(_left_right_blobs(2.0, 2.8), 1.3)
+    assert not best_region(_left_right_blobs(2.0, 2.8), 0.0)[7, 6]
+    # A preference map of another shape (a resized frame) is ignored.
+    assert not best_region(_left_right_blobs(2.0, 2.8), 0.0, np.ones((10, 10), bool), 1.5)[7, 6]
+
+
+def test_region_track_stays_on_its_object_until_another_is_clearly_surer():
+    track = RegionTrack(bonus=1.5, reach=3)
+    on_a = lambda keep: bool(keep[:, :20].any()) and not keep[:, 20:].any()
+    on_b = lambda keep: bool(keep[:, 20:].any()) and not keep[:, :20].any()
+    assert on_a(track.choose(_left_right_blobs(3.0, 2.5), 0.0, "the mug"))          # A is surer: chosen
+    assert on_a(track.choose(_left_right_blobs(2.4, 3.0, shift=2), 0.0, "the mug"))  # A moved, B 1.25x: stays on A
+    assert on_b(track.choose(_left_right_blobs(1.5, 3.0, shift=4), 0.0, "the mug"))  # B 2x: moves to B
+    assert on_b(track.choose(_left_right_blobs(2.6, 2.2), 0.0, "the mug"))          # and stays there
+    assert on_a(track.choose(_left_right_blobs(2.6, 2.2), 0.0, "the cup"))          # a new phrase starts afresh
+    track.forget()
+    assert track.last is None
+    assert on_b(track.choose(_left_right_blobs(2.4, 3.0), 0.0, "the cup"))          # after forget: afresh
+    assert not track.choose(np.full((20, 40), -1.0), 0.0, "the cup").any() and track.last is None
+    assert STICKY_BONUS > 1

@@ -173,3 +173,21 @@ def test_kind_weights_need_roboref_in_the_training_data(capsys):
         build_parser().parse_args(["--out", "r", "--kind-weights", "where=1"])
     assert exc.value.code == 2 and "--kind-weights: unknown RoboRef phrase kind 'where'" in capsys.readouterr().err
     assert build_parser().parse_args(["--out", "r", "--kind-weights", "depth=0.4"]).kind_weights == {"depth": 0.4}
+
+
+def test_sequence_eval_scores_sweeps_and_equal_rules_agree(bundle, capsys):
+    """Two frames of one val scene through a tiny bundle: every rule is scored on the same
+    frames, a bonus of 1 chooses exactly what choosing afresh does, and the middle view of a
+    zero-degree sweep is the sample's own frame."""
+    from eris.sequence_eval import identity, main as sequence_main, sweep_frames
+
+    s = next(get_sample("val", i) for i in range(10) if get_sample("val", i).target is not None)
+    (image, masks), = list(sweep_frames(s.scene, 1, 0.0))
+    assert np.array_equal(image, s.image) and np.array_equal(masks[s.target], s.mask)
+    assert identity(s.mask, masks) == s.target and identity(np.zeros_like(s.mask), masks) is None
+    assert sequence_main(["--bundle", str(bundle / "bundle"), "--precision", "fp32", "--threads", "1",
+                          "--n", "1", "--frames", "2", "--bonus", "1", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"args", "fresh", "sticky x1", "sticky x3"}
+    assert out["sticky x1"]["mIoU"] == out["fresh"]["mIoU"] is not None
+    assert out["fresh"]["sequences_with_a_switch"].endswith("/1")

@@ -84,6 +84,30 @@ def test_best_region_mode_keeps_one_object_and_all_keeps_every_one(bundle, monke
         Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, regions="most")
 
 
+def test_a_region_track_keeps_the_last_frames_object_and_forgets_when_nothing_is_found(seg, monkeypatch):
+    from pi_runtime.regions import RegionTrack
+
+    def frame(a: float, b: float) -> np.ndarray:
+        logits = np.full((40, 60), -6.0, np.float32)
+        logits[5:15, 5:15] = a
+        logits[20:30, 35:45] = b
+        return _fake_grid(seg, monkeypatch, logits)
+
+    on_a = lambda r: r.mask[10, 10] and not r.mask[25, 40]
+    on_b = lambda r: r.mask[25, 40] and not r.mask[10, 10]
+    track = RegionTrack(bonus=1.5)
+    assert on_a(seg.segment(frame(4.0, 3.5), "x", track=track))
+    assert on_a(seg.segment(frame(3.5, 4.0), "x", track=track))   # B a little surer: the mask stays
+    assert on_b(seg.segment(frame(3.5, 4.0), "x"))                 # without the track it jumps
+    found_threshold = seg.found_threshold
+    monkeypatch.setattr(seg, "found_threshold", 0.999)              # next frame: judged absent
+    assert not seg.segment(frame(2.0, 1.0), "x", track=track).mask.any() and track.last is None
+    monkeypatch.setattr(seg, "found_threshold", found_threshold)
+    assert on_b(seg.segment(frame(3.5, 4.0), "x", track=track))   # afresh after nothing was found
+    with pytest.raises(ValueError, match="one phrase"):
+        seg.segment(frame(3.5, 4.0), ["x", "y"], track=track)
+
+
 def test_best_region_mode_at_full_resolution_keeps_the_kept_cells_pixels(seg, bundle, monkeypatch):
     """On a real letterbox (stride 4 cells upsampled to pixels), the kept mask is the "all" mask
     restricted to the pixels the kept region's cells reach, and the other region disappears."""
