@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--regions", choices=REGION_MODES, default="best",
                     help="best (default): the mask keeps the one region the model is surest of (a phrase names one "
                          "object; README, 'One object per phrase'); all: every pixel over the threshold")
+    ap.add_argument("--flip-average", action="store_true",
+                    help="also segment the mirrored image with left/right swapped in the phrase and average: "
+                         "about twice the time per image for ~+0.8 mIoU on RoboRef val (README, 'Flip averaging')")
     ap.add_argument("--no-sticky", dest="sticky", action="store_false",
                     help="live, with --regions best: choose each frame's region afresh (default: stay on the object "
                          "kept on the last frame unless another scores clearly higher; README, 'Live mode')")
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         items = [Item(None, p, phrase) for p in paths]
     try:
         seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side, args.backend,
-                                    regions=args.regions)
+                                    regions=args.regions, flip_average=args.flip_average)
     except (BundleError, BackendUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -166,7 +169,7 @@ def run_live(args) -> int:
         return 2
     try:
         seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side, args.backend,
-                                    regions=args.regions)
+                                    regions=args.regions, flip_average=args.flip_average)
     except (BundleError, BackendUnavailable, ValueError) as exc:
         source.close()
         print(f"error: {exc}", file=sys.stderr)

@@ -4,6 +4,8 @@ One limit and one set of rules: a string of valid Unicode (no lone surrogates), 
 ``MAX_PHRASE_CHARS`` characters, with at least one letter or digit (``"\\x00"``, ``"\\u200b"`` or
 emoji alone name nothing the model can look for). Control characters are dropped and runs of
 white space become one space. :func:`printable` makes any text safe to echo on a terminal.
+:func:`mirror_phrase` rewrites a phrase for the mirrored image (training's flip augmentation and
+the runtime's ``--flip-average`` share it).
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["PhraseError", "MAX_PHRASE_CHARS", "check_phrase", "printable"]
+__all__ = ["PhraseError", "MAX_PHRASE_CHARS", "check_phrase", "printable", "mirror_phrase"]
 
 MAX_PHRASE_CHARS = 200
 _SPACES = re.compile(r"\s+")
+_MIRROR = {"left": "right", "right": "left", "leftmost": "rightmost", "rightmost": "leftmost"}
+_MIRROR_RE = re.compile(r"\b(" + "|".join(_MIRROR) + r")\b", re.IGNORECASE)
 
 
 class PhraseError(ValueError):
@@ -46,3 +50,13 @@ def printable(text: str, limit: int = 80) -> str:
     out = "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
                   for c in text[:limit])
     return out + ("..." if len(text) > limit else "")
+
+
+def mirror_phrase(phrase: str) -> str:
+    """The phrase for the mirrored image: left and right swap (case kept for the first letter);
+    near/far, above/below and everything else stay."""
+    def swap(m: re.Match) -> str:
+        word = m.group(0)
+        new = _MIRROR[word.lower()]
+        return new.capitalize() if word[0].isupper() else new
+    return _MIRROR_RE.sub(swap, phrase)

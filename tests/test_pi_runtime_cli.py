@@ -119,6 +119,12 @@ def test_regions_flag_reaches_the_segmenter_and_bad_values_are_refused(bundle, p
     assert made == ["best", "all"]
     best, every = (np.asarray(Image.open(tmp_path / d / "rgb.png")) > 0 for d in ("a", "b"))
     assert not (best & ~every).any()  # one region kept out of every pixel over the threshold
+    flips = []
+    monkeypatch.setattr(cli.Segmenter, "from_bundle", lambda *a, **k: flips.append(k.get("flip_average")) or real(*a, **k))
+    assert _run(bundle, "--input", image, "--text", "cup", "--output", str(tmp_path / "d"), "--flip-average") == 0
+    assert _run(bundle, "--input", image, "--text", "cup", "--output", str(tmp_path / "e")) == 0
+    assert flips == [True, False]
+    assert (tmp_path / "d" / "rgb.png").is_file()
     with pytest.raises(SystemExit) as exc:
         _run(bundle, "--input", image, "--text", "cup", "--output", str(tmp_path / "c"), "--regions", "most")
     assert exc.value.code == 2 and "--regions" in capsys.readouterr().err

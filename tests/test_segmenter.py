@@ -215,3 +215,25 @@ def test_auto_precision_is_measured_once_and_cached(bundle, tmp_path, monkeypatc
     monkeypatch.setattr(prec, "measure", real)
     ms = real({"fp32": seg._image}, seg.encode("cup"), 64, 32)
     assert set(ms) == {"fp32"} and ms["fp32"] > 0
+
+
+def test_flip_average_makes_the_model_mirror_equivariant(bundle):
+    """Averaging with the mirrored canvas and the mirrored phrase: the mirrored image with left and
+    right swapped in the phrase gives the mirrored probabilities (exactly, up to float error, where
+    the canvas needs no padding), which the random model alone does not."""
+    image = np.random.default_rng(3).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    mirrored = np.ascontiguousarray(image[:, ::-1])
+    plain = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, long_side=128)
+    both = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, long_side=128, flip_average=True)
+    a, b = (s.segment(image, "the leftmost cube") for s in (plain, both))
+    a_m, b_m = (s.segment(mirrored, "the rightmost cube") for s in (plain, both))
+    assert np.allclose(b.probability, b_m.probability[:, ::-1], atol=1e-5)
+    assert not np.allclose(a.probability, a_m.probability[:, ::-1], atol=1e-3)
+    assert not np.allclose(a.probability, b.probability, atol=1e-3)
+
+
+def test_mirror_phrase_swaps_sides_only():
+    from pi_runtime.phrases import mirror_phrase
+
+    assert mirror_phrase("Left of the leftmost cube, not the bright one") == "Right of the rightmost cube, not the bright one"
+    assert mirror_phrase("the ball nearest to me, at the back") == "the ball nearest to me, at the back"

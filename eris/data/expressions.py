@@ -10,10 +10,11 @@ read either way are never used. :func:`resolve` gives the objects a phrase's mea
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
+
+from pi_runtime.phrases import mirror_phrase
 
 __all__ = ["Expression", "phrase_kind", "PHRASE_KINDS", "resolve", "generate_expression", "realise", "flip_phrase", "TEMPLATES"]
 
@@ -260,14 +261,6 @@ def generate_expression(objects: list, rng: np.random.Generator, attempts_per_ki
     return None
 
 
-_FLIP = {"left": "right", "right": "left", "leftmost": "rightmost", "rightmost": "leftmost"}
-_FLIP_RE = re.compile(r"\b(" + "|".join(_FLIP) + r")\b", re.IGNORECASE)
-
-
-def flip_phrase(phrase: str) -> str:
-    """The phrase for the mirrored image: left and right swap (case kept for the first letter)."""
-    def swap(m: re.Match) -> str:
-        word = m.group(0)
-        new = _FLIP[word.lower()]
-        return new.capitalize() if word[0].isupper() else new
-    return _FLIP_RE.sub(swap, phrase)
+# The phrase for the mirrored image (left and right swap): one rule, shared with the runtime's
+# --flip-average, which must rewrite phrases exactly as training's flip augmentation did.
+flip_phrase = mirror_phrase
