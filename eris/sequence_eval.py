@@ -75,7 +75,6 @@ def evaluate_sequences(seg, n: int, frames: int, sweep_deg: float, rules: dict, 
     from pi_runtime.regions import RegionTrack
 
     tallies = {name: Tally() for name in rules}
-    raw_logits = seg._raw_logits
     done = 0
     bar = tqdm(total=n, desc="sequences", unit="seq")
     index = start
@@ -91,25 +90,21 @@ def evaluate_sequences(seg, n: int, frames: int, sweep_deg: float, rules: dict, 
             truth = masks[s.target]
             if truth.sum() < min_pixels:  # the target left the frame or hides behind another
                 continue
-            cached = raw_logits(image, s.phrase)
-            seg._raw_logits = lambda image, phrase, cached=cached: cached
-            try:
-                for name, track in tracks.items():
-                    mask = seg.segment(image, s.phrase, track=track).mask
-                    t = tallies[name]
-                    union = (mask | truth).sum()
-                    iou = float((mask & truth).sum() / union) if union else 0.0
-                    t.ious.append(iou)
-                    t.by_kind.setdefault(s.kind, []).append(iou)
-                    who = identity(mask, masks)
-                    if who is not None and last[name] is not None:
-                        t.pairs += 1
-                        if who != last[name]:
-                            t.switches += 1
-                            switched[name] = True
-                    last[name] = who
-            finally:
-                seg._raw_logits = raw_logits
+            raw = seg._raw_logits(image, s.phrase)  # once per frame; every rule reads the same logits
+            for name, track in tracks.items():
+                mask = seg._result_from_cells(*raw, s.phrase, track).mask
+                t = tallies[name]
+                union = (mask | truth).sum()
+                iou = float((mask & truth).sum() / union) if union else 0.0
+                t.ious.append(iou)
+                t.by_kind.setdefault(s.kind, []).append(iou)
+                who = identity(mask, masks)
+                if who is not None and last[name] is not None:
+                    t.pairs += 1
+                    if who != last[name]:
+                        t.switches += 1
+                        switched[name] = True
+                last[name] = who
         for name in rules:
             tallies[name].sequences += 1
             tallies[name].seq_switched += switched[name]

@@ -29,7 +29,7 @@ REGION_MODES = ("best", "all")
 SIZE_POWER = 0.25
 # Live mode: the score of a region touching the last frame's kept region (grown by STICKY_REACH
 # cells, for motion between frames) is multiplied by STICKY_BONUS. Chosen on rendered camera
-# sweeps over RoboRef val scenes (README, "Live mode: staying on one object").
+# sweeps over RoboRef val scenes (README, "Session 14: live mode stays on one object").
 STICKY_BONUS = 1.5
 STICKY_REACH = 3
 

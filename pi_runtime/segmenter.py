@@ -134,7 +134,7 @@ class Segmenter:
             raise ValueError(f"regions {regions!r}: choose {' or '.join(REGION_MODES)}")
         self.regions = regions  # "best": the mask keeps one region (pi_runtime.regions); "all": every pixel
         # Also run the mirrored image with the mirrored phrase and average the logits: ~2x the
-        # image graph's time for a little accuracy (README, "Flip averaging").
+        # image graph's time for a little accuracy (README, "Session 14: flip averaging").
         self.flip_average = bool(flip_average)
 
         self.bundle = Path(bundle)
@@ -389,7 +389,12 @@ class Segmenter:
         return out, timings
 
     def _result(self, image: np.ndarray, phrase: str, track: RegionTrack | None = None) -> Result:
-        cells, box, timings = self._raw_logits(image, phrase)
+        return self._result_from_cells(*self._raw_logits(image, phrase), phrase, track)
+
+    def _result_from_cells(self, cells: np.ndarray, box, timings: dict, phrase: str,
+                           track: RegionTrack | None = None) -> Result:
+        """The :class:`Result` of stride-grid logits (:meth:`_raw_logits`): an evaluation can
+        compute a frame's logits once and apply several region rules to them."""
         t0 = time.perf_counter()
         logits = self._to_image(cells, box)
         prob = 1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))  # no overflow warning on confident pixels

@@ -133,7 +133,7 @@ def run_stream(seg: Segmenter, source, box: PhraseBox, *, json_out=None, preview
             phrase = box.get()
             t0 = time.perf_counter()
             try:
-                result = seg.segment(frame, phrase, track=track) if track else seg.segment(frame, phrase)
+                result = seg.segment(frame, phrase, track=track)
             except (ImageError, PhraseError, ValueError) as exc:  # a bad frame is skipped, the loop goes on
                 print(f"skipped frame {frame_no}: {printable(str(exc), 200)}", file=log, flush=True)
                 continue
