@@ -91,8 +91,9 @@ def evaluate_sequences(seg, n: int, frames: int, sweep_deg: float, rules: dict, 
             if truth.sum() < min_pixels:  # the target left the frame or hides behind another
                 continue
             raw = seg._raw_logits(image, s.phrase)  # once per frame; every rule reads the same logits
+            reference = seg._reference(image, s.phrase)[0]  # a relation's reference object, as live mode finds it
             for name, track in tracks.items():
-                mask = seg._result_from_cells(*raw, s.phrase, track).mask
+                mask = seg._result_from_cells(*raw, s.phrase, track, reference).mask
                 t = tallies[name]
                 union = (mask | truth).sum()
                 iou = float((mask & truth).sum() / union) if union else 0.0

@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--flip-average", action="store_true",
                     help="also segment the mirrored image with left/right swapped in the phrase and average: "
                          "about twice the time per image for ~+0.8 mIoU on RoboRef val (README, 'Flip averaging')")
+    ap.add_argument("--no-where-words", dest="where_words", action="store_false",
+                    help="with --regions best: keep the region the model is surest of even when the phrase says "
+                         "where its object is (default: 'leftmost', 'second from the right', 'in the middle' "
+                         "choose among the candidate regions by place, and 'left of the duck' asks for the duck "
+                         "alone and keeps the candidate left of it; README, 'Session 15: where-words and "
+                         "relations')")
     ap.add_argument("--no-sticky", dest="sticky", action="store_false",
                     help="live, with --regions best: choose each frame's region afresh (default: stay on the object "
                          "kept on the last frame unless another scores clearly higher; README, 'Live mode')")
@@ -123,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         items = [Item(None, p, phrase) for p in paths]
     try:
         seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side, args.backend,
-                                    regions=args.regions, flip_average=args.flip_average)
+                                    regions=args.regions, flip_average=args.flip_average,
+                                    where_words=args.where_words)
     except (BundleError, BackendUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -169,7 +176,8 @@ def run_live(args) -> int:
         return 2
     try:
         seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side, args.backend,
-                                    regions=args.regions, flip_average=args.flip_average)
+                                    regions=args.regions, flip_average=args.flip_average,
+                                    where_words=args.where_words)
     except (BundleError, BackendUnavailable, ValueError) as exc:
         source.close()
         print(f"error: {exc}", file=sys.stderr)

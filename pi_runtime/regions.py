@@ -84,34 +84,50 @@ def grow(mask: np.ndarray, reach: int) -> np.ndarray:
     return out
 
 
-def best_region(logits: np.ndarray, threshold_logit: float, prefer: np.ndarray | None = None,
-                bonus: float = STICKY_BONUS) -> np.ndarray:
-    """Bool mask of ``logits``' shape: the 8-connected region of ``logits >= threshold_logit``
-    with the highest mean logit x size ** :data:`SIZE_POWER`. All False if nothing passes.
-    ``prefer``: a bool map of the same shape (the last frame's kept region, already grown for
-    motion); regions touching it score ``bonus`` times more."""
+def region_scores(logits: np.ndarray, threshold_logit: float):
+    """The 8-connected regions of ``logits >= threshold_logit`` and their scores: ``(labels, n,
+    scores, origin)``, ``labels`` covering only the box around the passing cells, whose top-left
+    cell is ``origin`` (labelling only where something is saves most of the work on a frame with
+    one small object). A region's score is (mean logit - threshold) x cells ** :data:`SIZE_POWER`."""
     logits = np.asarray(logits)
     over = logits >= threshold_logit
     rows, cols = np.nonzero(over.any(axis=1))[0], np.nonzero(over.any(axis=0))[0]
     if len(rows) == 0:
-        return over
-    box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)  # label only where something is
+        return np.zeros((0, 0), np.int32), 0, np.zeros(0), (0, 0)
+    box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
     labels, n = label_regions(over[box])
-    if n <= 1:
-        return over
     flat = labels.ravel()
     counts = np.bincount(flat, minlength=n + 1)[1:]
     sums = np.bincount(flat, weights=logits[box].ravel().astype(np.float64), minlength=n + 1)[1:]
     # Shifted by the threshold, so every region's mean is >= 0 and a bigger region never scores less
     # for being bigger at the same mean.
-    scores = (sums / counts - threshold_logit) * counts ** SIZE_POWER
-    if prefer is not None and prefer.shape == logits.shape:  # a resized frame has no memory
-        touches = np.bincount(flat, weights=prefer[box].ravel(), minlength=n + 1)[1:] > 0
-        scores = np.where(touches, scores * bonus, scores)
-    keep = np.zeros(n + 1, bool)
-    keep[1 + int(np.argmax(scores))] = True
-    out = np.zeros_like(over)
-    out[box] = keep[labels]
+    return labels, n, (sums / counts - threshold_logit) * counts ** SIZE_POWER, (int(rows[0]), int(cols[0]))
+
+
+def best_region(logits: np.ndarray, threshold_logit: float, prefer: np.ndarray | None = None,
+                bonus: float = STICKY_BONUS, pick=None) -> np.ndarray:
+    """Bool mask of ``logits``' shape: the 8-connected region of ``logits >= threshold_logit``
+    with the highest mean logit x size ** :data:`SIZE_POWER`. All False if nothing passes.
+    ``prefer``: a bool map of the same shape (the last frame's kept region, already grown for
+    motion); regions touching it score ``bonus`` times more. ``pick``: what the phrase says about
+    which one, a callable ``(labels, scores, origin, grid_hw) -> label`` over
+    :func:`region_scores`' output (a where-word, :meth:`pi_runtime.spatial.Selector.pick`, or a
+    relation, :func:`pi_runtime.relations.choose_related`); it decides instead of the scores
+    and ``prefer``."""
+    logits = np.asarray(logits)
+    labels, n, scores, (r0, c0) = region_scores(logits, threshold_logit)
+    if n <= 1:
+        return logits >= threshold_logit
+    if pick is not None:
+        label = pick(labels, scores, (r0, c0), logits.shape)
+    else:
+        box = slice(r0, r0 + labels.shape[0]), slice(c0, c0 + labels.shape[1])
+        if prefer is not None and prefer.shape == logits.shape:  # a resized frame has no memory
+            touches = np.bincount(labels.ravel(), weights=prefer[box].ravel(), minlength=n + 1)[1:] > 0
+            scores = np.where(touches, scores * bonus, scores)
+        label = 1 + int(np.argmax(scores))
+    out = np.zeros(logits.shape, bool)
+    out[r0:r0 + labels.shape[0], c0:c0 + labels.shape[1]] = labels == label
     return out
 
 
@@ -125,11 +141,12 @@ class RegionTrack:
         self.phrase: str | None = None
         self.last: np.ndarray | None = None   # the last kept region, grown by reach
 
-    def choose(self, logits: np.ndarray, threshold_logit: float, phrase: str) -> np.ndarray:
-        """:func:`best_region` with the last frame's region preferred; remembers the choice."""
+    def choose(self, logits: np.ndarray, threshold_logit: float, phrase: str, pick=None) -> np.ndarray:
+        """:func:`best_region` with the last frame's region preferred (what the phrase says,
+        ``pick``, decides instead where given); remembers the choice."""
         if phrase != self.phrase:
             self.phrase, self.last = phrase, None
-        keep = best_region(logits, threshold_logit, self.last, self.bonus)
+        keep = best_region(logits, threshold_logit, self.last, self.bonus, pick)
         self.last = grow(keep, self.reach) if keep.any() else None
         return keep
 

@@ -15,6 +15,7 @@ import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,8 @@ from pi_runtime.phrases import PhraseError, check_phrase, mirror_phrase
 from pi_runtime.precision import cpu_has_int8_dot
 from pi_runtime.preprocess import letterbox, letterbox_into, load_image, to_rgb_array
 from pi_runtime.regions import REGION_MODES, RegionTrack, best_region
+from pi_runtime.relations import choose_related, parse_relation
+from pi_runtime.spatial import parse_selector
 
 __all__ = ["Segmenter", "Result", "session_options", "cpu_has_int8_dot", "PhraseError", "choose_backend", "BACKENDS"]
 
@@ -127,7 +130,7 @@ def session_options(threads: int, image_graph: bool = False):
 class Segmenter:
     def __init__(self, bundle: str | Path, precision: str = "auto", threads: int | None = None,
                  long_side: int | None = None, backend: str = "auto", regions: str = "best",
-                 flip_average: bool = False):
+                 flip_average: bool = False, where_words: bool = True):
         from tokenizers import Tokenizer
 
         if regions not in REGION_MODES:
@@ -136,6 +139,10 @@ class Segmenter:
         # Also run the mirrored image with the mirrored phrase and average the logits: ~2x the
         # image graph's time for a little accuracy (README, "Session 14: flip averaging").
         self.flip_average = bool(flip_average)
+        # With regions="best": a where-word of the phrase ("leftmost", "second from the right") or
+        # a relation to another object ("left of the duck") picks among the candidate regions
+        # (pi_runtime.spatial, pi_runtime.relations; README, "Session 15: where-words and relations").
+        self.where_words = bool(where_words)
 
         self.bundle = Path(bundle)
         self.manifest = load_manifest(self.bundle)
@@ -281,17 +288,20 @@ class Segmenter:
     @classmethod
     def from_bundle(cls, path: str | Path | None = None, precision: str = "auto", threads: int | None = None,
                     long_side: int | None = None, backend: str = "auto", regions: str = "best",
-                    flip_average: bool = False):
+                    flip_average: bool = False, where_words: bool = True):
         """``path=None`` loads the bundle shipped inside the package; ``long_side`` overrides the
         bundle's input size (e.g. 320 on a Pi 4: about 4x faster, less exact; ONNX graphs only);
         ``backend``: ``auto``, ``onnxruntime`` or ``litert`` (:func:`choose_backend`); ``regions``:
         ``best`` keeps the one region the model is surest of, ``all`` every pixel over the threshold;
-        ``flip_average``: also run the mirrored image with the mirrored phrase and average the logits."""
+        ``flip_average``: also run the mirrored image with the mirrored phrase and average the logits;
+        ``where_words``: with ``best``, a where-word of the phrase ("leftmost", "second from the
+        right", :mod:`pi_runtime.spatial`) or a relation to another object ("left of the duck",
+        :mod:`pi_runtime.relations`) chooses among the candidate regions."""
         if path is None:
             path = default_bundle_dir()
             if not (path / "manifest.json").is_file():
                 raise BundleError(f"{path}: this install has no bundled default model; pass a bundle directory")
-        return cls(Path(path), precision, threads, long_side, backend, regions, flip_average)
+        return cls(Path(path), precision, threads, long_side, backend, regions, flip_average, where_words)
 
     def tokenize(self, phrase: str) -> tuple[np.ndarray, np.ndarray]:
         """``(input_ids, attention_mask)`` int64 ``[1, L]`` (``L = max_tokens`` for the static LiteRT
@@ -389,12 +399,38 @@ class Segmenter:
         return out, timings
 
     def _result(self, image: np.ndarray, phrase: str, track: RegionTrack | None = None) -> Result:
-        return self._result_from_cells(*self._raw_logits(image, phrase), phrase, track)
+        cells, box, timings = self._raw_logits(image, phrase)
+        reference, ref_timings = self._reference(image, phrase)
+        for key, ms in ref_timings.items():
+            timings[key] += ms
+        return self._result_from_cells(cells, box, timings, phrase, track, reference)
+
+    def _reference(self, image: np.ndarray, phrase: str) -> tuple[np.ndarray | None, dict]:
+        """For a relation phrase ("the mug left of the duck"; with ``where_words`` and regions
+        ``best``): the region of its reference object alone ("the duck") on the stride grid, and
+        the timings of that one more run of the graphs; else ``(None, {})``."""
+        relation = parse_relation(phrase) if self.where_words and self.regions == "best" else None
+        if relation is None:
+            return None, {}
+        cells, _, timings = self._raw_logits(image, relation.reference)
+        return best_region(cells, self._threshold_logit), timings
+
+    def _pick(self, phrase: str, reference: np.ndarray | None):
+        """What the phrase says about which region to keep (``best_region``'s ``pick``), or None:
+        a relation to the ``reference`` region, else a where-word."""
+        if not self.where_words:
+            return None
+        relation = parse_relation(phrase) if reference is not None else None
+        if relation is not None:
+            return partial(choose_related, relation=relation.relation, reference=reference)
+        selector = parse_selector(phrase)
+        return selector.pick if selector is not None else None
 
     def _result_from_cells(self, cells: np.ndarray, box, timings: dict, phrase: str,
-                           track: RegionTrack | None = None) -> Result:
+                           track: RegionTrack | None = None, reference: np.ndarray | None = None) -> Result:
         """The :class:`Result` of stride-grid logits (:meth:`_raw_logits`): an evaluation can
-        compute a frame's logits once and apply several region rules to them."""
+        compute a frame's logits once and apply several region rules to them. ``reference``: for a
+        relation phrase, the reference object's region on the same grid (:meth:`_result`)."""
         t0 = time.perf_counter()
         logits = self._to_image(cells, box)
         prob = 1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))  # no overflow warning on confident pixels
@@ -405,9 +441,10 @@ class Segmenter:
             mask = np.zeros_like(mask)
             if track is not None:
                 track.forget()
-        elif self.regions == "best":  # one phrase, one object: the region the model is surest of
-            keep = (track.choose(cells, self._threshold_logit, phrase) if track is not None
-                    else best_region(cells, self._threshold_logit))
+        elif self.regions == "best":  # one phrase, one object: the one the phrase's geometry or the model picks
+            pick = self._pick(phrase, reference)
+            keep = (track.choose(cells, self._threshold_logit, phrase, pick) if track is not None
+                    else best_region(cells, self._threshold_logit, pick=pick))
             self._keep_only(mask, keep, box)
         bbox = centroid = None
         if mask.any():

@@ -125,6 +125,11 @@ def test_regions_flag_reaches_the_segmenter_and_bad_values_are_refused(bundle, p
     assert _run(bundle, "--input", image, "--text", "cup", "--output", str(tmp_path / "e")) == 0
     assert flips == [True, False]
     assert (tmp_path / "d" / "rgb.png").is_file()
+    where = []
+    monkeypatch.setattr(cli.Segmenter, "from_bundle", lambda *a, **k: where.append(k.get("where_words")) or real(*a, **k))
+    assert _run(bundle, "--input", image, "--text", "cup", "--output", str(tmp_path / "f"), "--no-where-words") == 0
+    assert _run(bundle, "--input", image, "--text", "cup", "--output", str(tmp_path / "g")) == 0
+    assert where == [False, True]
     with pytest.raises(SystemExit) as exc:
         _run(bundle, "--input", image, "--text", "cup", "--output", str(tmp_path / "c"), "--regions", "most")
     assert exc.value.code == 2 and "--regions" in capsys.readouterr().err

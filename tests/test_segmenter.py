@@ -237,3 +237,50 @@ def test_mirror_phrase_swaps_sides_only():
 
     assert mirror_phrase("Left of the leftmost cube, not the bright one") == "Right of the rightmost cube, not the bright one"
     assert mirror_phrase("the ball nearest to me, at the back") == "the ball nearest to me, at the back"
+
+
+def test_a_where_word_in_the_phrase_picks_the_region_by_place_unless_turned_off(bundle, monkeypatch):
+    logits = np.full((40, 60), -5.0, np.float32)
+    logits[5:15, 5:15] = 3.0      # a candidate on the left
+    logits[20:30, 35:55] = 4.0    # the one the model is surest of, on the right
+    on = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1)
+    off = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, where_words=False)
+    assert on.where_words and not off.where_words
+    left = lambda r: r.mask[10, 10] and not r.mask[25, 40]
+    assert left(on.segment(_fake_grid(on, monkeypatch, logits), "the mug on the left"))
+    assert not left(off.segment(_fake_grid(off, monkeypatch, logits), "the mug on the left"))
+    assert not left(on.segment(_fake_grid(on, monkeypatch, logits), "the mug"))
+
+
+def test_a_relation_phrase_asks_for_its_reference_and_keeps_the_candidate_in_the_relation(bundle, monkeypatch):
+    from pi_runtime.preprocess import Letterbox
+
+    scene = np.full((30, 60), -5.0, np.float32)
+    scene[15:21, 4:10] = 4.0      # a mug on the left, the one the model is surest of
+    scene[15:21, 40:46] = 2.0     # a mug right of the duck
+    scene[15:21, 24:30] = 3.0     # the duck, lit up by the full phrase too
+    duck = np.full((30, 60), -5.0, np.float32)
+    duck[15:21, 24:30] = 5.0
+    asked = []
+
+    def fake(image, phrase):
+        asked.append(phrase)
+        box = Letterbox((30, 60), (30 * on.stride, 60 * on.stride), (30 * on.stride, 60 * on.stride))
+        return (duck if phrase == "the duck" else scene), box, {"text": 1.0, "image": 10.0}
+
+    on = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1)
+    off = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, where_words=False)
+    image = np.zeros((30, 60, 3), np.uint8)  # the letterbox maps grid cells 1:1 to its pixels
+    for s in (on, off):
+        monkeypatch.setattr(s, "_raw_logits", fake)
+    r = on.segment(image, "the mug right of the duck")
+    assert asked == ["the mug right of the duck", "the duck"]
+    assert r.mask[18, 42] and not r.mask[18, 6] and not r.mask[18, 26]
+    assert r.timings["image"] == 20.0 and r.timings["text"] == 2.0    # both runs counted
+    asked.clear()
+    r = off.segment(image, "the mug right of the duck")
+    assert asked == ["the mug right of the duck"] and r.mask[18, 6]
+    asked.clear()
+    every = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, regions="all")
+    monkeypatch.setattr(every, "_raw_logits", fake)
+    assert every.segment(image, "the mug right of the duck").mask[18, 6] and asked == ["the mug right of the duck"]

@@ -1,0 +1,125 @@
+"""Where-words: pick among the model's candidate regions by where they lie in the frame.
+
+The shipped model marks *every* candidate of a phrase like "the mug on the left" (all mugs light
+up, the named one hardly brighter), and eight sessions of CPU training have not taught it to
+single one out by position (README, sessions 7-14). The phrase says how to choose, though, and
+that choice is geometry the runtime can do exactly: :func:`parse_selector` reads a where-word
+from the phrase ("leftmost", "on the right", "second from the left", "in the middle", "at the
+top", "in the bottom left corner", ...) and :func:`select_region` orders the candidate regions
+by it.
+
+Only a phrase that picks its object by its own place in the frame gets a selector. A relation
+names another object ("the cube left of the duck", "the ball next to the mug", "the cube on the
+domino"), whose place the grid alone cannot give, so such phrases keep the model's own choice
+(:func:`pi_runtime.regions.best_region`), as do phrases without a where-word. So do depth words
+("nearest", "at the back") and size words ("biggest", "small"): ordering the candidates by how
+low they reach in the frame or by their area was measured to be worse than the model's own
+choice (README, "Session 15: where-words and relations"), which already favours the near, big
+object.
+
+Candidates are the 8-connected regions of the stride-4 logit grid over the mask threshold whose
+score (:func:`pi_runtime.regions.region_scores`) is at least :data:`CANDIDATE_SHARE` of the best
+one's, so that a faint blob the model hardly means does not count.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Selector", "parse_selector", "select_region", "CANDIDATE_SHARE"]
+
+# A region is a candidate when its score is at least this share of the best region's. Chosen among
+# 0, 0.1, 0.25, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8 on the first 400 scenes of each val set and
+# confirmed on the other 600 and on RoboRef test (README, "Session 15: where-words and
+# relations").
+CANDIDATE_SHARE = 0.5
+
+_ORDINALS = {"first": 0, "1st": 0, "second": 1, "2nd": 1, "third": 2, "3rd": 2, "fourth": 3, "4th": 3}
+# A relation points at another object: no selector. "on the left/right/top/bottom" and "on the
+# table" are places; "on the domino" / "on top of the box" are relations.
+_RELATION = re.compile(
+    r"\b(?:left|right) of\b|\bnext to\b|\bbeside\b|\bbehind\b|\bin front of\b|\babove\b|\bbelow\b|\bunder\b"
+    r"|\bbetween\b|\bnear (?:the|a|an)\b|\bon top of\b"
+    r"|\bon (?:the|a|an) (?!(?:left|right|top|bottom|table|floor)\b)")
+_ORDINAL = re.compile(r"\b(first|second|third|fourth|1st|2nd|3rd|4th)\b.*?\bfrom the (left|right|top|bottom)\b"
+                      r"|\bfrom the (left|right|top|bottom)\b.*?\b(first|second|third|fourth|1st|2nd|3rd|4th)\b")
+# (pattern, key, descending?) in the order they are tried: corners before sides.
+_PLACES = [
+    (r"\b(?:top|upper) left\b", "top left", False), (r"\b(?:top|upper) right\b", "top right", False),
+    (r"\b(?:bottom|lower) left\b", "bottom left", False), (r"\b(?:bottom|lower) right\b", "bottom right", False),
+    (r"\bleftmost\b|\b(?:on|at|to) the left\b", "x", False),
+    (r"\brightmost\b|\b(?:on|at|to) the right\b", "x", True),
+    (r"\btopmost\b|\bhighest\b|\b(?:at|on) (?:the )?top\b", "y", False),
+    (r"\bbottommost\b|\blowest\b|\b(?:at|on) the bottom\b", "y", True),
+    (r"\b(?:in the )?(?:middle|centre|center)\b", "centre", False),
+]
+_PLACES = [(re.compile(p), key, desc) for p, key, desc in _PLACES]
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Order candidates by ``key`` (``descending`` or not) and take the one at ``rank`` (0: first).
+    Keys: ``x``, ``y`` (the region's centre, 0 at the left / top), ``centre`` (distance from the
+    frame's centre), and the corners ``top left`` ... ``bottom right`` (distance from the corner)."""
+    key: str
+    descending: bool = False
+    rank: int = 0
+
+    def pick(self, labels: np.ndarray, scores: np.ndarray, origin: tuple[int, int], grid_hw: tuple[int, int]) -> int:
+        """:func:`select_region` in the form :func:`pi_runtime.regions.best_region` takes as ``pick``."""
+        return select_region(labels, scores, self, grid_hw, origin=origin)
+
+
+def parse_selector(phrase: str) -> Selector | None:
+    """The where-word of ``phrase`` as a :class:`Selector`, or None (no where-word, or a relation
+    to another object)."""
+    text = phrase.lower()
+    if _RELATION.search(text):
+        return None
+    m = _ORDINAL.search(text)
+    if m:
+        word, side = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
+        axis = "x" if side in ("left", "right") else "y"
+        return Selector(axis, side in ("right", "bottom"), _ORDINALS[word])
+    for pattern, key, desc in _PLACES:
+        if pattern.search(text):
+            return Selector(key, desc)
+    return None
+
+
+def _geometry(labels: np.ndarray, n: int, grid_hw: tuple[int, int], origin: tuple[int, int] = (0, 0)
+              ) -> dict[str, np.ndarray]:
+    """Per-region keys (index 0 = region 1), positions as fractions of the whole grid's sides;
+    ``labels`` covers the part of the grid whose top-left cell is ``origin``."""
+    h, w = grid_hw
+    flat = labels.ravel()
+    ys, xs = np.divmod(np.arange(flat.size), labels.shape[1])
+    ys, xs = ys + origin[0], xs + origin[1]
+    counts = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
+    cx = (np.bincount(flat, weights=xs + 0.5, minlength=n + 1)[1:] / counts) / w
+    cy = (np.bincount(flat, weights=ys + 0.5, minlength=n + 1)[1:] / counts) / h
+    keys = {"x": cx, "y": cy, "centre": np.hypot(cx - 0.5, cy - 0.5)}
+    for corner in ("top left", "top right", "bottom left", "bottom right"):
+        vert, horiz = corner.split()
+        keys[corner] = np.hypot(cx - (0.0 if horiz == "left" else 1.0), cy - (0.0 if vert == "top" else 1.0))
+    return keys
+
+
+def select_region(labels: np.ndarray, scores: np.ndarray, selector: Selector, grid_hw: tuple[int, int],
+                  share: float | None = None, origin: tuple[int, int] = (0, 0)) -> int:
+    """The label (1..n) of the region ``selector`` picks among ``labels``' regions whose score is at
+    least ``share`` (default :data:`CANDIDATE_SHARE`) x the best; the best-scoring region when the
+    rank is past the candidates.
+    ``labels``: int map of region labels (0 = none, n = ``len(scores)``) over the part of a
+    ``grid_hw`` grid whose top-left cell is ``origin`` (:func:`pi_runtime.regions.region_scores`)."""
+    n = len(scores)
+    best = int(np.argmax(scores))
+    cand = np.nonzero(scores >= (CANDIDATE_SHARE if share is None else share) * scores[best])[0]
+    if selector.rank >= len(cand):
+        return best + 1
+    values = _geometry(labels, n, grid_hw, origin)[selector.key][cand]
+    order = np.argsort(-values if selector.descending else values, kind="stable")
+    return int(cand[order[selector.rank]]) + 1

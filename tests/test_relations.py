@@ -1,0 +1,99 @@
+"""pi_runtime.relations: relation phrases split into target and reference, and the region kept."""
+
+import numpy as np
+import pytest
+
+from pi_runtime.regions import best_region, region_scores
+from pi_runtime.relations import Relation, choose_related, parse_relation
+
+
+@pytest.mark.parametrize("phrase, want", [
+    ("where is the teddy to the right of the blue cube", Relation("right of", "where is the teddy", "the blue cube")),
+    ("the mug left of the duck", Relation("left of", "the mug", "the duck")),
+    ("the duck on the left of the mug", Relation("left of", "the duck", "the mug")),
+    ("pick up the ring which is behind the white one", Relation("behind", "pick up the ring", "the white ring")),
+    ("the lego brick that is to the right of the green one", Relation("right of", "the lego brick", "the green brick")),
+    ("the cube on the domino", Relation("on", "the cube", "the domino")),
+    ("the red cube that is on top of the blue box", Relation("on", "the red cube", "the blue box")),
+    ("black object above the pink hexagon", Relation("above", "black object", "the pink hexagon")),
+    ("ring under white triangle", Relation("below", "ring", "the white triangle")),
+    ("the thing beside the orange star", Relation("next to", "the thing", "the orange star")),
+    ("The ball IN FRONT OF the mug", Relation("in front of", "the ball", "the mug")),
+])
+def test_relation_phrases_split_into_target_and_reference(phrase, want):
+    assert parse_relation(phrase) == want
+
+
+@pytest.mark.parametrize("phrase", ["the red mug", "the mug on the left", "the red cube on the table",
+                                    "the leftmost duck", "the ball in front", "left of the duck", "the mug left of"])
+def test_phrases_without_a_relation_to_another_object_get_none(phrase):
+    assert parse_relation(phrase) is None
+
+
+def _scene():
+    """A 30 x 60 grid: candidates A (left, surest), B (right of centre), C (far right, high up),
+    and the reference R in the middle, which the full phrase also lights up."""
+    grid = np.full((30, 60), -5.0, np.float32)
+    grid[15:21, 4:10] = 4.0     # A
+    grid[15:21, 34:40] = 2.0    # B
+    grid[2:6, 50:56] = 1.5      # C
+    grid[15:21, 24:30] = 3.0    # R
+    reference = np.zeros(grid.shape, bool)
+    reference[15:21, 24:30] = True
+    return grid, reference
+
+
+def _keep(grid, relation, reference, share=None):
+    labels, n, scores, origin = region_scores(grid, 0.0)
+    label = choose_related(labels, scores, origin, grid.shape, relation, reference, share)
+    keep = np.zeros(grid.shape, bool)
+    keep[origin[0]:origin[0] + labels.shape[0], origin[1]:origin[1] + labels.shape[1]] = labels == label
+    return int(np.nonzero(keep.any(axis=0))[0][0])
+
+
+@pytest.mark.parametrize("relation, column", [
+    ("left of", 4), ("right of", 34), ("above", 50), ("next to", 34),
+])
+def test_the_surest_candidate_in_the_relation_is_kept_and_never_the_reference(relation, column):
+    grid, reference = _scene()
+    assert _keep(grid, relation, reference) == column
+
+
+def test_depth_relations_compare_the_lowest_rows_near_the_reference_columns():
+    grid = np.full((30, 40), -5.0, np.float32)
+    grid[4:10, 14:20] = 2.0      # behind the reference: higher in the frame, same columns
+    grid[22:28, 16:22] = 3.0     # in front of it
+    grid[22:28, 34:40] = 4.0     # surest, but far to the side
+    reference = np.zeros(grid.shape, bool)
+    reference[12:18, 15:21] = True
+    assert _keep(grid, "behind", reference) == 14
+    assert _keep(grid, "in front of", reference) == 16
+
+
+def test_on_needs_the_candidate_above_and_over_the_reference():
+    grid = np.full((30, 40), -5.0, np.float32)
+    grid[6:12, 15:21] = 2.0      # stacked on the reference
+    grid[6:12, 30:36] = 4.0      # above, but beside it
+    reference = np.zeros(grid.shape, bool)
+    reference[12:18, 12:24] = True
+    assert _keep(grid, "on", reference) == 15
+
+
+def test_the_models_choice_stands_without_a_reference_or_a_candidate_in_the_relation():
+    grid, reference = _scene()
+    assert _keep(grid, "left of", np.zeros_like(reference)) == 4          # reference not found
+    assert _keep(grid, "left of", reference[:10]) == 4                     # a grid of another size
+    only_right = grid.copy()
+    only_right[15:21, 4:10] = -5.0
+    assert _keep(only_right, "left of", reference) == 24                   # nothing left of it: the surest
+    assert _keep(grid, "right of", reference, share=0.9) == 4              # B and C too faint: the surest
+    with pytest.raises(ValueError, match="unknown relation"):
+        _keep(grid, "around", reference)
+
+
+def test_best_region_takes_a_relation_as_its_pick():
+    from functools import partial
+
+    grid, reference = _scene()
+    keep = best_region(grid, 0.0, pick=partial(choose_related, relation="right of", reference=reference))
+    assert keep[18, 36] and keep.sum() == 36

@@ -1,0 +1,87 @@
+"""pi_runtime.spatial: where-words read from phrases, and the region they pick among candidates."""
+
+import numpy as np
+import pytest
+
+from pi_runtime.regions import RegionTrack, best_region, region_scores
+from pi_runtime.spatial import Selector, parse_selector, select_region
+
+
+@pytest.mark.parametrize("phrase, want", [
+    ("the red mug on the left", Selector("x")),
+    ("pick up the leftmost duck", Selector("x")),
+    ("The RIGHTMOST ball", Selector("x", True)),
+    ("the cube that is at the right", Selector("x", True)),
+    ("pick up the second ring from the right", Selector("x", True, 1)),
+    ("counting from the left, the third cube", Selector("x", False, 2)),
+    ("the 2nd circle from the top", Selector("y", False, 1)),
+    ("the mug in the middle", Selector("centre")),
+    ("the green shape in the top left corner", Selector("top left")),
+    ("the square at the bottom right", Selector("bottom right")),
+    ("green shape on top", Selector("y")),
+    ("the lowest star", Selector("y", True)),
+])
+def test_where_words_become_selectors(phrase, want):
+    assert parse_selector(phrase) == want
+
+
+@pytest.mark.parametrize("phrase", [
+    "the red mug", "the red cube on the table", "where is the teddy bear",
+    # relations name another object: the grid alone cannot place it
+    "the mug left of the duck", "the ball to the right of the red cube", "the cube on the domino",
+    "the ball in front of the mug", "the duck behind the can", "the block next to the ring",
+    "the star above the circle", "the square below the red star", "the blue circle on top of the star",
+    "the cube beside the mug",
+    # depth and size words stay with the model's own choice (measured better)
+    "the ball closest to me", "grab the nearest can", "the block at the back", "the biggest cube", "a small thing",
+])
+def test_phrases_without_a_where_word_of_their_own_get_none(phrase):
+    assert parse_selector(phrase) is None
+
+
+def _three_blobs(strengths=(3.0, 4.0, 2.0), size=4):
+    """A 20 x 40 grid: three square blobs left to right (columns 2, 16, 30), rows 8-12."""
+    grid = np.full((20, 40), -5.0, np.float32)
+    for x, s in zip((2, 16, 30), strengths):
+        grid[8:8 + size, x:x + size] = s
+    return grid
+
+
+def _kept_column(mask):
+    return int(np.nonzero(mask.any(axis=0))[0][0])
+
+
+@pytest.mark.parametrize("selector, column", [
+    (Selector("x"), 2), (Selector("x", True), 30), (Selector("x", False, 1), 16),
+    (Selector("x", True, 2), 2), (Selector("centre"), 16),
+])
+def test_selection_orders_candidates_by_place(selector, column):
+    grid = _three_blobs()
+    assert _kept_column(best_region(grid, 0.0)) == 16              # the model's own choice: the brightest
+    assert _kept_column(best_region(grid, 0.0, pick=selector.pick)) == column
+
+
+def test_a_faint_region_is_no_candidate_and_a_rank_past_the_candidates_keeps_the_best():
+    grid = _three_blobs(strengths=(0.2, 4.0, 3.0))                # the left blob scores 5 % of the best
+    assert _kept_column(best_region(grid, 0.0, pick=Selector("x").pick)) == 16
+    assert _kept_column(best_region(grid, 0.0, pick=Selector("x", False, 2).pick)) == 16
+    labels, n, scores, origin = region_scores(grid, 0.0)
+    assert n == 3 and scores[0] < 0.25 * scores[1]
+    assert select_region(labels, scores, Selector("x"), grid.shape, share=0.01, origin=origin) == 1
+
+
+def test_region_geometry_is_measured_on_the_whole_grid_not_the_labelled_box():
+    """region_scores labels only the box around passing cells; "middle" must still mean the grid's."""
+    grid = np.full((20, 100), -5.0, np.float32)
+    grid[5:9, 50:54] = 2.0      # at the grid's centre
+    grid[5:9, 66:70] = 2.0
+    grid[5:9, 80:84] = 2.0      # nearest the centre if positions were counted from the box's corner
+    assert _kept_column(best_region(grid, 0.0, pick=Selector("centre").pick)) == 50
+
+
+def test_a_where_word_decides_over_the_tracks_memory():
+    track = RegionTrack(bonus=10.0)
+    grid = _three_blobs()
+    assert _kept_column(track.choose(grid, 0.0, "the ball")) == 16
+    assert _kept_column(track.choose(grid, 0.0, "the ball")) == 16          # memory and the model agree
+    assert _kept_column(track.choose(grid, 0.0, "the ball", Selector("x").pick)) == 2
