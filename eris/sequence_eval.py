@@ -34,12 +34,14 @@ class Tally:
     seq_switched: int = 0
     sequences: int = 0
     by_kind: dict = field(default_factory=dict)
+    switches_by_kind: dict = field(default_factory=dict)   # kind -> [switches, pairs]
 
     def summary(self) -> dict:
         return {"mIoU": round(100 * float(np.mean(self.ious)), 2) if self.ious else None,
                 "switches_per_100_pairs": round(100 * self.switches / max(self.pairs, 1), 2),
                 "sequences_with_a_switch": f"{self.seq_switched}/{self.sequences}",
-                "by_kind": {k: round(100 * float(np.mean(v)), 2) for k, v in sorted(self.by_kind.items())}}
+                "by_kind": {k: round(100 * float(np.mean(v)), 2) for k, v in sorted(self.by_kind.items())},
+                "switches_by_kind": {k: f"{sw}/{pairs}" for k, (sw, pairs) in sorted(self.switches_by_kind.items())}}
 
 
 def sweep_frames(scene, frames: int, sweep_deg: float, long_side: int = 640):
@@ -91,8 +93,8 @@ def evaluate_sequences(seg, n: int, frames: int, sweep_deg: float, rules: dict, 
             if truth.sum() < min_pixels:  # the target left the frame or hides behind another
                 continue
             raw = seg._raw_logits(image, s.phrase)  # once per frame; every rule reads the same logits
-            reference = seg._reference(image, s.phrase)[0]  # a relation's reference object, as live mode finds it
             for name, track in tracks.items():
+                reference = seg._reference(image, s.phrase, track)[0]  # a relation's reference, as live mode finds it
                 mask = seg._result_from_cells(*raw, s.phrase, track, reference).mask
                 t = tallies[name]
                 union = (mask | truth).sum()
@@ -102,8 +104,11 @@ def evaluate_sequences(seg, n: int, frames: int, sweep_deg: float, rules: dict, 
                 who = identity(mask, masks)
                 if who is not None and last[name] is not None:
                     t.pairs += 1
+                    kind_tally = t.switches_by_kind.setdefault(s.kind, [0, 0])
+                    kind_tally[1] += 1
                     if who != last[name]:
                         t.switches += 1
+                        kind_tally[0] += 1
                         switched[name] = True
                 last[name] = who
         for name in rules:
@@ -126,10 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start", type=int, default=0, help="the first val scene to consider (hold some out to confirm a choice)")
     ap.add_argument("--frames", type=int, default=12, help="frames per sweep")
     ap.add_argument("--sweep-deg", type=float, default=15.0, help="the camera yaws from -this to +this degrees")
+    ap.add_argument("--no-where-words", dest="where_words", action="store_false",
+                    help="the runtime's --no-where-words: keep the model's own region even for 'leftmost', "
+                         "'left of the duck'")
     ap.add_argument("--bonus", type=float, nargs="+", default=[1.5],
                     help="RegionTrack bonuses to compare with choosing each frame afresh")
     args = ap.parse_args(argv)
-    seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads)
+    seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, where_words=args.where_words)
     rules = {"fresh": None, **{f"sticky x{b:g}": b for b in args.bonus}}
     tallies = evaluate_sequences(seg, args.n, args.frames, args.sweep_deg, rules, start=args.start)
     print(json.dumps({"args": vars(args), **{name: t.summary() for name, t in tallies.items()}}, indent=1))

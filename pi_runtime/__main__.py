@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "object; README, 'One object per phrase'); all: every pixel over the threshold")
     ap.add_argument("--flip-average", action="store_true",
                     help="also segment the mirrored image with left/right swapped in the phrase and average: "
-                         "about twice the time per image for ~+0.8 mIoU on RoboRef val (README, 'Flip averaging')")
+                         "about twice the time per image for ~+0.4 mIoU on RoboRef and ShapeRef val (README, 'Flip "
+                         "averaging' and 'Session 15')")
     ap.add_argument("--no-where-words", dest="where_words", action="store_false",
                     help="with --regions best: keep the region the model is surest of even when the phrase says "
                          "where its object is (default: 'leftmost', 'second from the right', 'in the middle' "

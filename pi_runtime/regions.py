@@ -110,22 +110,22 @@ def best_region(logits: np.ndarray, threshold_logit: float, prefer: np.ndarray |
     with the highest mean logit x size ** :data:`SIZE_POWER`. All False if nothing passes.
     ``prefer``: a bool map of the same shape (the last frame's kept region, already grown for
     motion); regions touching it score ``bonus`` times more. ``pick``: what the phrase says about
-    which one, a callable ``(labels, scores, origin, grid_hw) -> label`` over
+    which one, a callable ``(labels, scores, origin, grid_hw, preferred=, bonus=) -> label`` over
     :func:`region_scores`' output (a where-word, :meth:`pi_runtime.spatial.Selector.pick`, or a
-    relation, :func:`pi_runtime.relations.choose_related`); it decides instead of the scores
-    and ``prefer``."""
+    relation, :func:`pi_runtime.relations.choose_related`); it decides instead, given
+    ``preferred``, the regions touching ``prefer`` (or None), to apply live mode's memory its way."""
     logits = np.asarray(logits)
     labels, n, scores, (r0, c0) = region_scores(logits, threshold_logit)
     if n <= 1:
         return logits >= threshold_logit
-    if pick is not None:
-        label = pick(labels, scores, (r0, c0), logits.shape)
-    else:
+    touches = None
+    if prefer is not None and prefer.shape == logits.shape:  # a resized frame has no memory
         box = slice(r0, r0 + labels.shape[0]), slice(c0, c0 + labels.shape[1])
-        if prefer is not None and prefer.shape == logits.shape:  # a resized frame has no memory
-            touches = np.bincount(labels.ravel(), weights=prefer[box].ravel(), minlength=n + 1)[1:] > 0
-            scores = np.where(touches, scores * bonus, scores)
-        label = 1 + int(np.argmax(scores))
+        touches = np.bincount(labels.ravel(), weights=prefer[box].ravel(), minlength=n + 1)[1:] > 0
+    if pick is not None:
+        label = pick(labels, scores, (r0, c0), logits.shape, preferred=touches, bonus=bonus)
+    else:
+        label = 1 + int(np.argmax(scores if touches is None else np.where(touches, scores * bonus, scores)))
     out = np.zeros(logits.shape, bool)
     out[r0:r0 + labels.shape[0], c0:c0 + labels.shape[1]] = labels == label
     return out
@@ -140,6 +140,15 @@ class RegionTrack:
         self.bonus, self.reach = bonus, reach
         self.phrase: str | None = None
         self.last: np.ndarray | None = None   # the last kept region, grown by reach
+        self._reference: RegionTrack | None = None
+
+    @property
+    def reference(self) -> RegionTrack:
+        """The memory of a relation phrase's reference object ("the duck" of "the mug left of
+        the duck"), so that it too stays on one object from frame to frame."""
+        if self._reference is None:
+            self._reference = RegionTrack(self.bonus, self.reach)
+        return self._reference
 
     def choose(self, logits: np.ndarray, threshold_logit: float, phrase: str, pick=None) -> np.ndarray:
         """:func:`best_region` with the last frame's region preferred (what the phrase says,
@@ -152,3 +161,5 @@ class RegionTrack:
 
     def forget(self) -> None:
         self.last = None
+        if self._reference is not None:
+            self._reference.forget()

@@ -101,24 +101,27 @@ def _reference_box(ref: np.ndarray) -> dict[str, float]:
 
 
 def choose_related(labels: np.ndarray, scores: np.ndarray, origin: tuple[int, int], grid_hw: tuple[int, int],
-                   relation: str, reference: np.ndarray, share: float | None = None) -> int:
+                   relation: str, reference: np.ndarray, share: float | None = None,
+                   preferred: np.ndarray | None = None, bonus: float = 1.0) -> int:
     """The label (1..n) to keep among the regions of :func:`pi_runtime.regions.region_scores`
     (``labels`` over the part of a ``grid_hw`` grid whose top-left cell is ``origin``): among
     those scoring at least ``share`` (default :data:`RELATED_SHARE`) x the best and not mostly
     inside ``reference`` (a bool map of the whole grid: the reference's region), the surest one
     standing in ``relation`` to the reference; the best-scoring region when none does or
-    ``reference`` is empty."""
+    ``reference`` is empty. Live mode: in either choice, ``preferred`` regions (touching the last
+    frame's kept one) score ``bonus`` times more."""
     n = len(scores)
     best = int(np.argmax(scores))
+    sticky = scores if preferred is None else np.where(preferred, scores * bonus, scores)
     if reference.shape != tuple(grid_hw) or not reference.any():
-        return best + 1
+        return int(np.argmax(sticky)) + 1
     h, w = labels.shape
     inside = np.bincount(labels.ravel(), weights=reference[origin[0]:origin[0] + h, origin[1]:origin[1] + w].ravel(),
                          minlength=n + 1)[1:]
     counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     cand = (scores >= (RELATED_SHARE if share is None else share) * scores[best]) & (inside < 0.5 * counts)
     if not cand.any():
-        return best + 1
+        return int(np.argmax(sticky)) + 1
     b, r = _boxes(labels, n, origin), _reference_box(reference)
     overlap = (b["x1"] >= r["x0"]) & (b["x0"] <= r["x1"])
     if relation == "left of":
@@ -142,6 +145,4 @@ def choose_related(labels: np.ndarray, scores: np.ndarray, origin: tuple[int, in
     else:
         raise ValueError(f"unknown relation {relation!r}")
     ok &= cand
-    if not ok.any():
-        return best + 1
-    return int(np.argmax(np.where(ok, scores, -np.inf))) + 1
+    return int(np.argmax(np.where(ok, sticky, -np.inf) if ok.any() else sticky)) + 1

@@ -400,19 +400,23 @@ class Segmenter:
 
     def _result(self, image: np.ndarray, phrase: str, track: RegionTrack | None = None) -> Result:
         cells, box, timings = self._raw_logits(image, phrase)
-        reference, ref_timings = self._reference(image, phrase)
+        reference, ref_timings = self._reference(image, phrase, track)
         for key, ms in ref_timings.items():
             timings[key] += ms
         return self._result_from_cells(cells, box, timings, phrase, track, reference)
 
-    def _reference(self, image: np.ndarray, phrase: str) -> tuple[np.ndarray | None, dict]:
+    def _reference(self, image: np.ndarray, phrase: str, track: RegionTrack | None = None
+                   ) -> tuple[np.ndarray | None, dict]:
         """For a relation phrase ("the mug left of the duck"; with ``where_words`` and regions
         ``best``): the region of its reference object alone ("the duck") on the stride grid, and
-        the timings of that one more run of the graphs; else ``(None, {})``."""
+        the timings of that one more run of the graphs; else ``(None, {})``. With a ``track``,
+        the reference stays on the last frame's object as the target does."""
         relation = parse_relation(phrase) if self.where_words and self.regions == "best" else None
         if relation is None:
             return None, {}
         cells, _, timings = self._raw_logits(image, relation.reference)
+        if track is not None:
+            return track.reference.choose(cells, self._threshold_logit, relation.reference), timings
         return best_region(cells, self._threshold_logit), timings
 
     def _pick(self, phrase: str, reference: np.ndarray | None):

@@ -36,6 +36,9 @@ __all__ = ["Selector", "parse_selector", "select_region", "CANDIDATE_SHARE"]
 # confirmed on the other 600 and on RoboRef test (README, "Session 15: where-words and
 # relations").
 CANDIDATE_SHARE = 0.5
+# Live mode: the last frame's object stays picked while its place (a fraction of the frame's
+# side) is within this of the picked one's (README, "Session 15: where-words and relations").
+HYSTERESIS = 0.05
 
 _ORDINALS = {"first": 0, "1st": 0, "second": 1, "2nd": 1, "third": 2, "3rd": 2, "fourth": 3, "4th": 3}
 # A relation points at another object: no selector. "on the left/right/top/bottom" and "on the
@@ -68,9 +71,11 @@ class Selector:
     descending: bool = False
     rank: int = 0
 
-    def pick(self, labels: np.ndarray, scores: np.ndarray, origin: tuple[int, int], grid_hw: tuple[int, int]) -> int:
-        """:func:`select_region` in the form :func:`pi_runtime.regions.best_region` takes as ``pick``."""
-        return select_region(labels, scores, self, grid_hw, origin=origin)
+    def pick(self, labels: np.ndarray, scores: np.ndarray, origin: tuple[int, int], grid_hw: tuple[int, int],
+             preferred: np.ndarray | None = None, bonus: float = 1.0) -> int:
+        """:func:`select_region` in the form :func:`pi_runtime.regions.best_region` takes as
+        ``pick`` (live mode's memory works through ``preferred`` and the hysteresis, not ``bonus``)."""
+        return select_region(labels, scores, self, grid_hw, origin=origin, preferred=preferred)
 
 
 def parse_selector(phrase: str) -> Selector | None:
@@ -109,12 +114,16 @@ def _geometry(labels: np.ndarray, n: int, grid_hw: tuple[int, int], origin: tupl
 
 
 def select_region(labels: np.ndarray, scores: np.ndarray, selector: Selector, grid_hw: tuple[int, int],
-                  share: float | None = None, origin: tuple[int, int] = (0, 0)) -> int:
+                  share: float | None = None, origin: tuple[int, int] = (0, 0),
+                  preferred: np.ndarray | None = None) -> int:
     """The label (1..n) of the region ``selector`` picks among ``labels``' regions whose score is at
     least ``share`` (default :data:`CANDIDATE_SHARE`) x the best; the best-scoring region when the
     rank is past the candidates.
     ``labels``: int map of region labels (0 = none, n = ``len(scores)``) over the part of a
-    ``grid_hw`` grid whose top-left cell is ``origin`` (:func:`pi_runtime.regions.region_scores`)."""
+    ``grid_hw`` grid whose top-left cell is ``origin`` (:func:`pi_runtime.regions.region_scores`).
+    ``preferred`` (live mode: the regions touching the last frame's kept one): a preferred
+    candidate within :data:`HYSTERESIS` of the picked one's place is kept instead, so two
+    objects about equally far left do not swap from frame to frame."""
     n = len(scores)
     best = int(np.argmax(scores))
     cand = np.nonzero(scores >= (CANDIDATE_SHARE if share is None else share) * scores[best])[0]
@@ -122,4 +131,9 @@ def select_region(labels: np.ndarray, scores: np.ndarray, selector: Selector, gr
         return best + 1
     values = _geometry(labels, n, grid_hw, origin)[selector.key][cand]
     order = np.argsort(-values if selector.descending else values, kind="stable")
-    return int(cand[order[selector.rank]]) + 1
+    chosen = order[selector.rank]
+    if preferred is not None:
+        near = preferred[cand] & (np.abs(values - values[chosen]) < HYSTERESIS)
+        if near.any() and not near[chosen]:
+            chosen = int(np.nonzero(near)[0][np.argmin(np.abs(values - values[chosen])[near])])
+    return int(cand[chosen]) + 1

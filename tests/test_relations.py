@@ -97,3 +97,17 @@ def test_best_region_takes_a_relation_as_its_pick():
     grid, reference = _scene()
     keep = best_region(grid, 0.0, pick=partial(choose_related, relation="right of", reference=reference))
     assert keep[18, 36] and keep.sum() == 36
+
+
+def test_live_mode_prefers_the_last_frames_candidate_among_those_in_the_relation():
+    grid, reference = _scene()
+    grid[25:29, 40:46] = 1.8     # D: also right of the reference, a little less sure than B
+    labels, n, scores, origin = region_scores(grid, 0.0)
+    column = lambda label: int(np.nonzero((labels == label).any(axis=0))[0][0]) + origin[1]
+    d = next(k for k in range(n) if column(k + 1) == 40)
+    preferred = np.zeros(n, bool)
+    preferred[d] = True
+    pick = lambda **k: column(choose_related(labels, scores, origin, grid.shape, "right of", reference, **k))
+    assert pick() == 34                                           # B, the surest right of R
+    assert pick(preferred=preferred, bonus=1.5) == 40             # D stays: within the bonus
+    assert pick(preferred=preferred, bonus=1.05) == 34

@@ -191,3 +191,7 @@ def test_sequence_eval_scores_sweeps_and_equal_rules_agree(bundle, capsys):
     assert set(out) == {"args", "fresh", "sticky x1", "sticky x3"}
     assert out["sticky x1"]["mIoU"] == out["fresh"]["mIoU"] is not None
     assert out["fresh"]["sequences_with_a_switch"].endswith("/1")
+    assert out["args"]["where_words"] is True
+    assert sequence_main(["--bundle", str(bundle / "bundle"), "--precision", "fp32", "--threads", "1",
+                          "--n", "1", "--frames", "1", "--no-where-words"]) == 0
+    assert json.loads(capsys.readouterr().out)["args"]["where_words"] is False

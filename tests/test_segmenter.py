@@ -284,3 +284,35 @@ def test_a_relation_phrase_asks_for_its_reference_and_keeps_the_candidate_in_the
     every = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, regions="all")
     monkeypatch.setattr(every, "_raw_logits", fake)
     assert every.segment(image, "the mug right of the duck").mask[18, 6] and asked == ["the mug right of the duck"]
+
+
+def test_in_live_mode_a_relations_reference_stays_on_the_last_frames_object(bundle, monkeypatch):
+    from pi_runtime.preprocess import Letterbox
+    from pi_runtime.regions import RegionTrack
+
+    scene = np.full((30, 60), -5.0, np.float32)
+    scene[15:21, 4:10] = 3.0      # mug 1, nearest duck 1
+    scene[15:21, 50:56] = 3.0     # mug 2, nearest duck 2
+    ducks = {}
+
+    def fake(image, phrase):
+        box = Letterbox((30, 60), (30 * seg.stride, 60 * seg.stride), (30 * seg.stride, 60 * seg.stride))
+        return (ducks["grid"] if phrase == "the duck" else scene), box, {"text": 0.0, "image": 0.0}
+
+    def frame(duck1: float, duck2: float) -> np.ndarray:
+        grid = np.full((30, 60), -5.0, np.float32)
+        grid[15:21, 20:26], grid[15:21, 36:42] = duck1, duck2
+        ducks["grid"] = grid
+        return np.zeros((30, 60, 3), np.uint8)
+
+    seg = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1)
+    monkeypatch.setattr(seg, "_raw_logits", fake)
+    on_mug1 = lambda r: r.mask[18, 6] and not r.mask[18, 52]
+    phrase = "the mug next to the duck"
+    track = RegionTrack(bonus=1.5)
+    assert on_mug1(seg.segment(frame(5.0, 4.8), phrase, track=track))
+    assert on_mug1(seg.segment(frame(4.8, 5.0), phrase, track=track))     # duck 2 a little surer: both stay
+    assert track.reference.last is not None and track.reference.last[18, 22]
+    assert not on_mug1(seg.segment(frame(4.8, 5.0), phrase))              # afresh: the other duck, the other mug
+    track.forget()
+    assert track.last is None and track.reference.last is None

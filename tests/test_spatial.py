@@ -85,3 +85,20 @@ def test_a_where_word_decides_over_the_tracks_memory():
     assert _kept_column(track.choose(grid, 0.0, "the ball")) == 16
     assert _kept_column(track.choose(grid, 0.0, "the ball")) == 16          # memory and the model agree
     assert _kept_column(track.choose(grid, 0.0, "the ball", Selector("x").pick)) == 2
+
+
+def test_live_mode_keeps_a_preferred_candidate_only_while_it_is_about_as_far_left():
+    grid = np.full((20, 100), -5.0, np.float32)
+    grid[8:12, 10:14] = 3.0      # A: centre x 0.12
+    grid[8:12, 18:22] = 3.0      # B: centre x 0.20, 0.08 further right
+    grid[2:6, 12:16] = 3.0       # C: centre x 0.14, within the hysteresis of A
+    labels, n, scores, origin = region_scores(grid, 0.0)
+    by_column = {int(np.nonzero((labels == k + 1).any(axis=0))[0][0]) + origin[1]: k for k in range(n)}
+    leftmost = Selector("x")
+    for preferred_column, kept_column in ((None, 10), (12, 12), (18, 10)):
+        preferred = None
+        if preferred_column is not None:
+            preferred = np.zeros(n, bool)
+            preferred[by_column[preferred_column]] = True
+        label = leftmost.pick(labels, scores, origin, grid.shape, preferred=preferred)
+        assert int(np.nonzero((labels == label).any(axis=0))[0][0]) + origin[1] == kept_column
