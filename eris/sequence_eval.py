@@ -93,8 +93,9 @@ def evaluate_sequences(seg, n: int, frames: int, sweep_deg: float, rules: dict, 
             if truth.sum() < min_pixels:  # the target left the frame or hides behind another
                 continue
             raw = seg._raw_logits(image, s.phrase)  # once per frame; every rule reads the same logits
+            relation, ref_cells, _ = seg._reference_cells(image, s.phrase)  # a relation's reference, once too
             for name, track in tracks.items():
-                reference = seg._reference(image, s.phrase, track)[0]  # a relation's reference, as live mode finds it
+                reference = seg._reference_region(relation, ref_cells, track)  # chosen as live mode would
                 mask = seg._result_from_cells(*raw, s.phrase, track, reference).mask
                 t = tallies[name]
                 union = (mask | truth).sum()

@@ -104,6 +104,25 @@ def region_scores(logits: np.ndarray, threshold_logit: float):
     return labels, n, (sums / counts - threshold_logit) * counts ** SIZE_POWER, (int(rows[0]), int(cols[0]))
 
 
+def region_boxes(labels: np.ndarray, n: int, origin: tuple[int, int] = (0, 0)) -> dict[str, np.ndarray]:
+    """Per-region geometry in grid cells (index 0 = region 1), measured at cell centres on the
+    whole grid (``labels`` covers the part whose top-left cell is ``origin``, as
+    :func:`region_scores` gives it): centre ``cx``, ``cy``; leftmost ``x0`` and rightmost ``x1``
+    column; lowest row ``y1``."""
+    flat = labels.ravel()
+    ys, xs = np.divmod(np.arange(flat.size), labels.shape[1])
+    ys, xs = ys + origin[0] + 0.5, xs + origin[1] + 0.5
+    counts = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
+    out = {"cx": np.bincount(flat, weights=xs, minlength=n + 1)[1:] / counts,
+           "cy": np.bincount(flat, weights=ys, minlength=n + 1)[1:] / counts}
+    for name, vals, fn, init in (("x0", xs, np.minimum, np.inf), ("x1", xs, np.maximum, -np.inf),
+                                 ("y1", ys, np.maximum, -np.inf)):
+        acc = np.full(n + 1, init)
+        fn.at(acc, flat, vals)
+        out[name] = acc[1:]
+    return out
+
+
 def best_region(logits: np.ndarray, threshold_logit: float, prefer: np.ndarray | None = None,
                 bonus: float = STICKY_BONUS, pick=None) -> np.ndarray:
     """Bool mask of ``logits``' shape: the 8-connected region of ``logits >= threshold_logit``

@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
+
+from pi_runtime.regions import region_boxes
 
 __all__ = ["Relation", "parse_relation", "choose_related", "RELATED_SHARE"]
 
@@ -57,9 +60,11 @@ class Relation:
     reference: str      # "the duck", the phrase the model is asked for on its own
 
 
+@lru_cache(maxsize=64)
 def parse_relation(phrase: str) -> Relation | None:
     """The relation in ``phrase`` and its two sides, or None. "the green one" as the reference
-    borrows the target's noun ("the lego brick right of the green one" -> "the green brick")."""
+    borrows the target's noun ("the lego brick right of the green one" -> "the green brick").
+    Cached: live mode asks for the same phrase on every frame."""
     text = " ".join(phrase.lower().split())
     for m in _SPLIT.finditer(text):
         word = m.group(1)
@@ -76,22 +81,6 @@ def parse_relation(phrase: str) -> Relation | None:
             ref = " ".join(words)
         return Relation(_REL[word], before, ref)
     return None
-
-
-def _boxes(labels: np.ndarray, n: int, origin: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Per-region centre and extent (grid cells), index 0 = region 1."""
-    flat = labels.ravel()
-    ys, xs = np.divmod(np.arange(flat.size), labels.shape[1])
-    ys, xs = ys + origin[0] + 0.5, xs + origin[1] + 0.5
-    counts = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
-    out = {"cx": np.bincount(flat, weights=xs, minlength=n + 1)[1:] / counts,
-           "cy": np.bincount(flat, weights=ys, minlength=n + 1)[1:] / counts}
-    for name, vals, fn, init in (("x0", xs, np.minimum, np.inf), ("x1", xs, np.maximum, -np.inf),
-                                 ("y1", ys, np.maximum, -np.inf)):
-        acc = np.full(n + 1, init)
-        fn.at(acc, flat, vals)
-        out[name] = acc[1:]
-    return out
 
 
 def _reference_box(ref: np.ndarray) -> dict[str, float]:
@@ -122,8 +111,7 @@ def choose_related(labels: np.ndarray, scores: np.ndarray, origin: tuple[int, in
     cand = (scores >= (RELATED_SHARE if share is None else share) * scores[best]) & (inside < 0.5 * counts)
     if not cand.any():
         return int(np.argmax(sticky)) + 1
-    b, r = _boxes(labels, n, origin), _reference_box(reference)
-    overlap = (b["x1"] >= r["x0"]) & (b["x0"] <= r["x1"])
+    b, r = region_boxes(labels, n, origin), _reference_box(reference)
     if relation == "left of":
         ok = b["cx"] < r["cx"]
     elif relation == "right of":
@@ -137,7 +125,7 @@ def choose_related(labels: np.ndarray, scores: np.ndarray, origin: tuple[int, in
         near_columns = (b["x1"] >= r["x0"] - half) & (b["x0"] <= r["x1"] + half)
         ok = near_columns & ((b["y1"] < r["y1"]) if relation == "behind" else (b["y1"] > r["y1"]))
     elif relation == "on":
-        ok = overlap & (b["cy"] < r["cy"])
+        ok = (b["x1"] >= r["x0"]) & (b["x0"] <= r["x1"]) & (b["cy"] < r["cy"])
     elif relation == "next to":
         dist = np.hypot(b["cx"] - r["cx"], b["cy"] - r["cy"])
         ok = np.zeros(n, bool)

@@ -400,24 +400,31 @@ class Segmenter:
 
     def _result(self, image: np.ndarray, phrase: str, track: RegionTrack | None = None) -> Result:
         cells, box, timings = self._raw_logits(image, phrase)
-        reference, ref_timings = self._reference(image, phrase, track)
+        relation, ref_cells, ref_timings = self._reference_cells(image, phrase)
         for key, ms in ref_timings.items():
             timings[key] += ms
+        reference = self._reference_region(relation, ref_cells, track)
         return self._result_from_cells(cells, box, timings, phrase, track, reference)
 
-    def _reference(self, image: np.ndarray, phrase: str, track: RegionTrack | None = None
-                   ) -> tuple[np.ndarray | None, dict]:
+    def _reference_cells(self, image: np.ndarray, phrase: str):
         """For a relation phrase ("the mug left of the duck"; with ``where_words`` and regions
-        ``best``): the region of its reference object alone ("the duck") on the stride grid, and
-        the timings of that one more run of the graphs; else ``(None, {})``. With a ``track``,
-        the reference stays on the last frame's object as the target does."""
+        ``best``): ``(relation, the reference object's stride-grid logits, timings)``, from one
+        more run of the graphs on the reference alone ("the duck"); else ``(None, None, {})``."""
         relation = parse_relation(phrase) if self.where_words and self.regions == "best" else None
         if relation is None:
-            return None, {}
+            return None, None, {}
         cells, _, timings = self._raw_logits(image, relation.reference)
+        return relation, cells, timings
+
+    def _reference_region(self, relation, cells: np.ndarray | None, track: RegionTrack | None = None
+                          ) -> np.ndarray | None:
+        """The reference object's region in ``cells`` (:meth:`_reference_cells`), or None without
+        a relation. With a ``track``, it stays on the last frame's object as the target does."""
+        if relation is None:
+            return None
         if track is not None:
-            return track.reference.choose(cells, self._threshold_logit, relation.reference), timings
-        return best_region(cells, self._threshold_logit), timings
+            return track.reference.choose(cells, self._threshold_logit, relation.reference)
+        return best_region(cells, self._threshold_logit)
 
     def _pick(self, phrase: str, reference: np.ndarray | None):
         """What the phrase says about which region to keep (``best_region``'s ``pick``), or None:

@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
+
+from pi_runtime.regions import region_boxes
 
 __all__ = ["Selector", "parse_selector", "select_region", "CANDIDATE_SHARE"]
 
@@ -78,9 +81,10 @@ class Selector:
         return select_region(labels, scores, self, grid_hw, origin=origin, preferred=preferred)
 
 
+@lru_cache(maxsize=64)
 def parse_selector(phrase: str) -> Selector | None:
     """The where-word of ``phrase`` as a :class:`Selector`, or None (no where-word, or a relation
-    to another object)."""
+    to another object). Cached: live mode asks for the same phrase on every frame."""
     text = phrase.lower()
     if _RELATION.search(text):
         return None
@@ -100,12 +104,8 @@ def _geometry(labels: np.ndarray, n: int, grid_hw: tuple[int, int], origin: tupl
     """Per-region keys (index 0 = region 1), positions as fractions of the whole grid's sides;
     ``labels`` covers the part of the grid whose top-left cell is ``origin``."""
     h, w = grid_hw
-    flat = labels.ravel()
-    ys, xs = np.divmod(np.arange(flat.size), labels.shape[1])
-    ys, xs = ys + origin[0], xs + origin[1]
-    counts = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
-    cx = (np.bincount(flat, weights=xs + 0.5, minlength=n + 1)[1:] / counts) / w
-    cy = (np.bincount(flat, weights=ys + 0.5, minlength=n + 1)[1:] / counts) / h
+    boxes = region_boxes(labels, n, origin)
+    cx, cy = boxes["cx"] / w, boxes["cy"] / h
     keys = {"x": cx, "y": cy, "centre": np.hypot(cx - 0.5, cy - 0.5)}
     for corner in ("top left", "top right", "bottom left", "bottom right"):
         vert, horiz = corner.split()
