@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "choose among the candidate regions by place, and 'left of the duck' asks for the duck "
                          "alone and keeps the candidate left of it; README, 'Session 15: where-words and "
                          "relations')")
+    ap.add_argument("--no-category-check", dest="category_check", action="store_false",
+                    help="with --regions best: do not ask the bundle's crop classifier which candidate region is "
+                         "of the category the phrase names (default, where the bundle has one: candidates are "
+                         "weighed by it, and a phrase none of them fits comes back not found; README, 'Session 16: "
+                         "the category check')")
     ap.add_argument("--no-sticky", dest="sticky", action="store_false",
                     help="live, with --regions best: choose each frame's region afresh (default: stay on the object "
                          "kept on the last frame unless another scores clearly higher; README, 'Live mode')")
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side, args.backend,
                                     regions=args.regions, flip_average=args.flip_average,
-                                    where_words=args.where_words)
+                                    where_words=args.where_words, category_check=args.category_check)
     except (BundleError, BackendUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -178,7 +183,7 @@ def run_live(args) -> int:
     try:
         seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side, args.backend,
                                     regions=args.regions, flip_average=args.flip_average,
-                                    where_words=args.where_words)
+                                    where_words=args.where_words, category_check=args.category_check)
     except (BundleError, BackendUnavailable, ValueError) as exc:
         source.close()
         print(f"error: {exc}", file=sys.stderr)

@@ -94,6 +94,25 @@ class _Schema:
         return v
 
 
+def _validate_category_check(s: "_Schema", spec: dict) -> str:
+    """The optional crop classifier (pi_runtime.categories): its file, classes, the nouns that
+    name them, and the rule's numbers."""
+    file = s.name("category_check.file", spec)
+    classes = s.names("category_check.classes", spec)
+    nouns = s.get("category_check.nouns", dict, spec)
+    if not nouns:
+        s.fail("category_check.nouns", "must name at least one noun")
+    for noun, named in nouns.items():
+        if not isinstance(named, list) or not named or not all(isinstance(c, str) and c in classes for c in named):
+            s.fail(f"category_check.nouns.{noun}", "must be a non-empty list of the classes")
+    s.number("category_check.share", spec, 0, 1)
+    s.number("category_check.power", spec, 0, 10)
+    if "pick_power" in spec:
+        s.number("category_check.pick_power", spec, 0, 10)
+    s.number("category_check.found_min", spec, 0, 1)
+    return file
+
+
 def validate_manifest(manifest, where: Path | str = "manifest.json") -> None:
     """Types, ranges and required keys of a manifest; graph and tokenizer paths must be plain
     names listed (and hashed) in ``files``. :class:`BundleError` names the wrong key."""
@@ -131,6 +150,8 @@ def validate_manifest(manifest, where: Path | str = "manifest.json") -> None:
         graph_files.update(_validate_onnx_graphs(s, graphs))
     if "litert" in graphs:
         graph_files.update(_validate_litert_graphs(s, graphs))
+    if "category_check" in manifest:
+        graph_files["category_check.file"] = _validate_category_check(s, s.get("category_check", dict))
     files = s.get("files", dict)
     for name, info in files.items():
         if not _plain(name):

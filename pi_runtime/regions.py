@@ -124,7 +124,7 @@ def region_boxes(labels: np.ndarray, n: int, origin: tuple[int, int] = (0, 0)) -
 
 
 def best_region(logits: np.ndarray, threshold_logit: float, prefer: np.ndarray | None = None,
-                bonus: float = STICKY_BONUS, pick=None) -> np.ndarray:
+                bonus: float = STICKY_BONUS, pick=None, weigh=None) -> np.ndarray:
     """Bool mask of ``logits``' shape: the 8-connected region of ``logits >= threshold_logit``
     with the highest mean logit x size ** :data:`SIZE_POWER`. All False if nothing passes.
     ``prefer``: a bool map of the same shape (the last frame's kept region, already grown for
@@ -132,9 +132,13 @@ def best_region(logits: np.ndarray, threshold_logit: float, prefer: np.ndarray |
     which one, a callable ``(labels, scores, origin, grid_hw, preferred=, bonus=) -> label`` over
     :func:`region_scores`' output (a where-word, :meth:`pi_runtime.spatial.Selector.pick`, or a
     relation, :func:`pi_runtime.relations.choose_related`); it decides instead, given
-    ``preferred``, the regions touching ``prefer`` (or None), to apply live mode's memory its way."""
+    ``preferred``, the regions touching ``prefer`` (or None), to apply live mode's memory its way.
+    ``weigh``: a callable ``(labels, scores, origin) -> scores`` applied first (the category
+    check, :mod:`pi_runtime.categories`); it sees a lone region too."""
     logits = np.asarray(logits)
     labels, n, scores, (r0, c0) = region_scores(logits, threshold_logit)
+    if weigh is not None and n >= 1:
+        scores = weigh(labels, scores, (r0, c0))
     if n <= 1:
         return logits >= threshold_logit
     touches = None
@@ -169,12 +173,12 @@ class RegionTrack:
             self._reference = RegionTrack(self.bonus, self.reach)
         return self._reference
 
-    def choose(self, logits: np.ndarray, threshold_logit: float, phrase: str, pick=None) -> np.ndarray:
+    def choose(self, logits: np.ndarray, threshold_logit: float, phrase: str, pick=None, weigh=None) -> np.ndarray:
         """:func:`best_region` with the last frame's region preferred (what the phrase says,
         ``pick``, decides instead where given); remembers the choice."""
         if phrase != self.phrase:
             self.phrase, self.last = phrase, None
-        keep = best_region(logits, threshold_logit, self.last, self.bonus, pick)
+        keep = best_region(logits, threshold_logit, self.last, self.bonus, pick, weigh)
         self.last = grow(keep, self.reach) if keep.any() else None
         return keep
 

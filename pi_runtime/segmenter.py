@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from pi_runtime.bundle import BundleError, check_files, check_graph_io, load_manifest, phrase_feeds, phrase_tensors
+from pi_runtime.categories import CategoryCheck, phrase_category
 from pi_runtime.litert import interpreter_package
 from pi_runtime.phrases import PhraseError, check_phrase, mirror_phrase
 from pi_runtime.precision import cpu_has_int8_dot
@@ -127,10 +128,35 @@ def session_options(threads: int, image_graph: bool = False):
     return options
 
 
+class _Weighing:
+    """One frame's category check as ``best_region``'s ``weigh``: weighs the regions' scores by
+    p(noun) and remembers each region's p, for the found decision on the region kept."""
+
+    def __init__(self, check: CategoryCheck, image: np.ndarray, noun: str, cell_hw: tuple[float, float],
+                 picking: bool = False):
+        self.check, self.image, self.noun, self.cell_hw, self.picking = check, image, noun, cell_hw, picking
+        self.labels = self.p = None
+        self.origin = (0, 0)
+
+    def __call__(self, labels: np.ndarray, scores: np.ndarray, origin) -> np.ndarray:
+        self.labels, self.origin = labels, origin
+        weighed, self.p = self.check.weigh(self.image, self.noun, labels, scores, origin, self.cell_hw, self.picking)
+        return weighed
+
+    def chosen_p(self, keep: np.ndarray) -> float:
+        """p(noun) of the region ``keep`` holds (1 where it was not asked or there was none)."""
+        if self.labels is None or not keep.any():
+            return 1.0
+        r0, c0 = self.origin
+        inside = self.labels[keep[r0:r0 + self.labels.shape[0], c0:c0 + self.labels.shape[1]]]
+        p = self.p[int(inside[0]) - 1] if len(inside) and inside[0] > 0 else np.nan
+        return 1.0 if np.isnan(p) else float(p)
+
+
 class Segmenter:
     def __init__(self, bundle: str | Path, precision: str = "auto", threads: int | None = None,
                  long_side: int | None = None, backend: str = "auto", regions: str = "best",
-                 flip_average: bool = False, where_words: bool = True):
+                 flip_average: bool = False, where_words: bool = True, category_check: bool = True):
         from tokenizers import Tokenizer
 
         if regions not in REGION_MODES:
@@ -179,6 +205,24 @@ class Segmenter:
         # calibrated on val with absent-target phrases (python -m convert.found); else the mask's.
         self.found_threshold = float(self.manifest["output"].get("found_threshold", self.threshold))
         self._threshold_logit = float(np.log(self.threshold / (1.0 - self.threshold)))
+        # With regions="best": where the bundle has one, a small crop classifier weighs each
+        # candidate region by how likely it is of the category the phrase names
+        # (pi_runtime.categories; README, "Session 16: the category check").
+        self.category_check = self._init_category_check() if category_check and regions == "best" else None
+
+    def _init_category_check(self) -> CategoryCheck | None:
+        spec = self.manifest.get("category_check")
+        if spec is None:
+            return None
+        if not onnxruntime_importable():  # a LiteRT-only install: the masks come without the check
+            warnings.warn("the bundle's category check needs onnxruntime (pip install onnxruntime); running without it",
+                          stacklevel=3)
+            return None
+        session = self._session(spec["file"], self._session_options())
+        pick_power = spec.get("pick_power")
+        return CategoryCheck(session, list(spec["classes"]), {k: list(v) for k, v in spec["nouns"].items()},
+                             float(spec["share"]), float(spec["power"]), float(spec["found_min"]),
+                             None if pick_power is None else float(pick_power))
 
     def _init_onnx(self, long_side: int | None):
         """Opens the ONNX text graph; returns the image graphs and how to open one."""
@@ -288,7 +332,7 @@ class Segmenter:
     @classmethod
     def from_bundle(cls, path: str | Path | None = None, precision: str = "auto", threads: int | None = None,
                     long_side: int | None = None, backend: str = "auto", regions: str = "best",
-                    flip_average: bool = False, where_words: bool = True):
+                    flip_average: bool = False, where_words: bool = True, category_check: bool = True):
         """``path=None`` loads the bundle shipped inside the package; ``long_side`` overrides the
         bundle's input size (e.g. 320 on a Pi 4: about 4x faster, less exact; ONNX graphs only);
         ``backend``: ``auto``, ``onnxruntime`` or ``litert`` (:func:`choose_backend`); ``regions``:
@@ -296,12 +340,15 @@ class Segmenter:
         ``flip_average``: also run the mirrored image with the mirrored phrase and average the logits;
         ``where_words``: with ``best``, a where-word of the phrase ("leftmost", "second from the
         right", :mod:`pi_runtime.spatial`) or a relation to another object ("left of the duck",
-        :mod:`pi_runtime.relations`) chooses among the candidate regions."""
+        :mod:`pi_runtime.relations`) chooses among the candidate regions; ``category_check``: with
+        ``best``, the bundle's crop classifier (where it has one) weighs the candidates by the
+        category the phrase names (:mod:`pi_runtime.categories`)."""
         if path is None:
             path = default_bundle_dir()
             if not (path / "manifest.json").is_file():
                 raise BundleError(f"{path}: this install has no bundled default model; pass a bundle directory")
-        return cls(Path(path), precision, threads, long_side, backend, regions, flip_average, where_words)
+        return cls(Path(path), precision, threads, long_side, backend, regions, flip_average, where_words,
+                   category_check)
 
     def tokenize(self, phrase: str) -> tuple[np.ndarray, np.ndarray]:
         """``(input_ids, attention_mask)`` int64 ``[1, L]`` (``L = max_tokens`` for the static LiteRT
@@ -403,8 +450,8 @@ class Segmenter:
         relation, ref_cells, ref_timings = self._reference_cells(image, phrase)
         for key, ms in ref_timings.items():
             timings[key] += ms
-        reference = self._reference_region(relation, ref_cells, track)
-        return self._result_from_cells(cells, box, timings, phrase, track, reference)
+        reference = self._reference_region(relation, ref_cells, track, image, box)
+        return self._result_from_cells(cells, box, timings, phrase, track, reference, image)
 
     def _reference_cells(self, image: np.ndarray, phrase: str):
         """For a relation phrase ("the mug left of the duck"; with ``where_words`` and regions
@@ -416,15 +463,31 @@ class Segmenter:
         cells, _, timings = self._raw_logits(image, relation.reference)
         return relation, cells, timings
 
-    def _reference_region(self, relation, cells: np.ndarray | None, track: RegionTrack | None = None
-                          ) -> np.ndarray | None:
+    def _reference_region(self, relation, cells: np.ndarray | None, track: RegionTrack | None = None,
+                          image: np.ndarray | None = None, box=None) -> np.ndarray | None:
         """The reference object's region in ``cells`` (:meth:`_reference_cells`), or None without
-        a relation. With a ``track``, it stays on the last frame's object as the target does."""
+        a relation. With a ``track``, it stays on the last frame's object as the target does; with
+        the ``image`` (and its ``box``), the category check weighs its candidates."""
         if relation is None:
             return None
+        weigh = self._weigh(image, box, cells, relation.reference)
         if track is not None:
-            return track.reference.choose(cells, self._threshold_logit, relation.reference)
-        return best_region(cells, self._threshold_logit)
+            return track.reference.choose(cells, self._threshold_logit, relation.reference, weigh=weigh)
+        return best_region(cells, self._threshold_logit, weigh=weigh)
+
+    def _weigh(self, image: np.ndarray | None, box, cells: np.ndarray, text: str, picking: bool = False):
+        """The category check for regions of ``cells`` named by ``text`` (``best_region``'s
+        ``weigh``, which also remembers each region's p for the found decision), or None.
+        ``picking``: a where-word or relation chooses among the weighed candidates."""
+        check = self.category_check
+        if check is None or image is None:
+            return None
+        noun = phrase_category(text, check.nouns)
+        if noun is None:
+            return None
+        (rh, rw), (h, w) = box.resized_hw, box.orig_hw
+        cell_hw = (self.stride * h / rh, self.stride * w / rw)  # one grid cell in original pixels
+        return _Weighing(check, image, noun, cell_hw, picking)
 
     def _pick(self, phrase: str, reference: np.ndarray | None):
         """What the phrase says about which region to keep (``best_region``'s ``pick``), or None:
@@ -438,10 +501,12 @@ class Segmenter:
         return selector.pick if selector is not None else None
 
     def _result_from_cells(self, cells: np.ndarray, box, timings: dict, phrase: str,
-                           track: RegionTrack | None = None, reference: np.ndarray | None = None) -> Result:
+                           track: RegionTrack | None = None, reference: np.ndarray | None = None,
+                           image: np.ndarray | None = None) -> Result:
         """The :class:`Result` of stride-grid logits (:meth:`_raw_logits`): an evaluation can
         compute a frame's logits once and apply several region rules to them. ``reference``: for a
-        relation phrase, the reference object's region on the same grid (:meth:`_result`)."""
+        relation phrase, the reference object's region on the same grid (:meth:`_result`);
+        ``image``: the frame, for the category check (none without it)."""
         t0 = time.perf_counter()
         logits = self._to_image(cells, box)
         prob = 1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))  # no overflow warning on confident pixels
@@ -454,8 +519,16 @@ class Segmenter:
                 track.forget()
         elif self.regions == "best":  # one phrase, one object: the one the phrase's geometry or the model picks
             pick = self._pick(phrase, reference)
-            keep = (track.choose(cells, self._threshold_logit, phrase, pick) if track is not None
-                    else best_region(cells, self._threshold_logit, pick=pick))
+            relation = parse_relation(phrase) if reference is not None else None
+            weigh = self._weigh(image, box, cells, relation.target if relation is not None else phrase,
+                                picking=pick is not None)
+            keep = (track.choose(cells, self._threshold_logit, phrase, pick, weigh) if track is not None
+                    else best_region(cells, self._threshold_logit, pick=pick, weigh=weigh))
+            if weigh is not None and weigh.chosen_p(keep) < self.category_check.found_min:
+                found = False  # the best candidate is unlikely to be what the phrase names
+                keep = np.zeros_like(keep)
+                if track is not None:
+                    track.forget()
             self._keep_only(mask, keep, box)
         bbox = centroid = None
         if mask.any():

@@ -316,3 +316,32 @@ def test_in_live_mode_a_relations_reference_stays_on_the_last_frames_object(bund
     assert not on_mug1(seg.segment(frame(4.8, 5.0), phrase))              # afresh: the other duck, the other mug
     track.forget()
     assert track.last is None and track.reference.last is None
+
+
+def test_the_category_check_weighs_the_candidates_and_finds_nothing_when_none_fits(bundle, monkeypatch):
+    from pi_runtime.categories import CategoryCheck
+    from pi_runtime.relations import parse_relation
+    from tests.test_categories import _FakeClassifier
+
+    logits = np.full((30, 60), -5.0, np.float32)
+    logits[10:20, 5:15] = 4.0     # the region the model is surest of, on the left
+    logits[10:20, 40:50] = 3.0    # another candidate, on the right: the red one
+    seg = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1)
+    assert seg.category_check is None   # the tiny bundle has none
+    image = _fake_grid(seg, monkeypatch, logits)
+    image[10:20, 40:50] = (255, 0, 0)   # the fake classifier calls a red crop a duck, anything else a mug
+    right = lambda r: r.found and r.mask[15, 45] and not r.mask[15, 10]
+    assert not right(seg.segment(image, "the duck"))
+    seg.category_check = CategoryCheck(_FakeClassifier(), ["duck", "mug", "none"], {"duck": ["duck"], "mug": ["mug"]},
+                                       share=0.1, power=1.0, found_min=0.5)
+    assert right(seg.segment(image, "where is the duck"))
+    r = seg.segment(image, "the mug")
+    assert r.found and r.mask[15, 10] and not r.mask[15, 45]
+    r = seg.segment(image, "the thing")             # no category named: the model's choice
+    assert r.found and r.mask[15, 10]
+    r = seg.segment(np.zeros_like(image), "the duck")  # no candidate looks like a duck
+    assert not r.found and not r.mask.any() and r.score > 0.9
+    # a relation's reference is weighed by the reference's noun
+    box = seg._raw_logits(image, "x")[1]
+    ref = seg._reference_region(parse_relation("the mug left of the duck"), logits, None, image, box)
+    assert ref[15, 45] and not ref[15, 10]

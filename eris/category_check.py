@@ -1,0 +1,247 @@
+"""Train the category check: a small CNN that names the object in a crop (pi_runtime/categories.py).
+
+``python -m eris.category_check --out runs/catcheck --roboref 1200 --shapes 600``
+renders training scenes (RoboRef and ShapeRef train splits, never val or test), cuts each
+visible object out as the runtime will (:func:`pi_runtime.categories.crop_input`, with the crop
+box jittered and the object's cells thresholded at a random share, since at run time the box
+comes from the model's region, not the true mask), plus crops of bare background (class
+``none``), trains :class:`CropNet` and exports ``category_check.onnx`` with
+``category_check.json`` (classes, nouns). A rerun with the same ``--out`` reuses what is there
+(the crops, then the trained graph). ``--bundle DIR`` adds the graph to a bundle, with the rule's
+numbers (``--share``, ``--power``, ``--found-min``; chosen on val, README "Session 16: the
+category check") in its manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from pi_runtime.categories import CROP, crop_input
+
+__all__ = ["CLASSES", "NOUNS", "CropNet", "object_cells", "collect", "export", "add_to_bundle", "main"]
+# The rule the runtime applies (pi_runtime.categories.CategoryCheck), chosen on the first 400 of
+# RoboRef val and ShapeRef val and confirmed on the other 600 (README, "Session 16").
+SHARE, POWER, PICK_POWER, FOUND_MIN = 0.0, 0.5, 0.5, 0.1
+
+CELL = 4  # the runtime's output stride: crops are cut around stride-4 cell masks, as there
+
+
+def _classes_and_nouns():
+    from eris.data import roboref, shapes
+    classes = list(roboref.CATEGORIES) + [f"shape:{s}" for s in shapes.SHAPES] + ["none"]
+    nouns: dict[str, list[str]] = {}
+    for cat, (words, _, _) in roboref.CATEGORIES.items():
+        for w in words:
+            nouns.setdefault(w, []).append(cat)
+    for s in shapes.SHAPES:  # "ring" and "triangle" name a RoboRef and a ShapeRef class both
+        nouns.setdefault(s, []).append(f"shape:{s}")
+    return classes, nouns
+
+
+CLASSES, NOUNS = _classes_and_nouns()
+
+
+class CropNet(nn.Module):
+    """Six 3x3 convs (three of stride 2) and a linear layer: ~40 MFLOPs a 64x64 crop. Takes the
+    runtime's 0..255 input and normalises inside, so the graph needs no preprocessing."""
+
+    def __init__(self, n_classes: int = len(CLASSES), width: int = 32):
+        super().__init__()
+        layers, c_in = [], 4
+        for c_out, stride in ((width, 2), (width, 1), (2 * width, 2), (2 * width, 1), (4 * width, 2), (4 * width, 1)):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, n_classes)
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        x = crops / 127.5 - 1.0
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def object_cells(mask: np.ndarray, share: float) -> np.ndarray:
+    """A pixel mask as stride-4 cells: the cells it covers by at least ``share``."""
+    h, w = mask.shape
+    frac = Image.fromarray(mask.astype(np.float32), mode="F").resize((-(-w // CELL), -(-h // CELL)), Image.BOX)
+    return np.asarray(frac) >= share
+
+
+def _crops_of_scene(image, masks, labels, rng, per_object: int):
+    """Jittered crops of each visible object and one of background (label ``none``)."""
+    out = []
+    for mask, label in zip(masks, labels):
+        for _ in range(per_object):
+            cells = object_cells(mask, float(rng.uniform(0.25, 0.75)))
+            if cells.sum() < 2:
+                break
+            jitter = (rng.normal(0, 0.06), rng.normal(0, 0.06), float(np.exp(rng.uniform(-0.2, 0.25))))
+            out.append((crop_input(image, cells, (CELL, CELL), jitter).astype(np.uint8), CLASSES.index(label)))
+    # background: a few cells of bare surface (no object within the crop's mask)
+    anything = object_cells(np.any(masks, axis=0), 0.01) if len(masks) else None
+    gh, gw = -(-image.shape[0] // CELL), -(-image.shape[1] // CELL)
+    for _ in range(10):
+        bh, bw = int(rng.integers(2, 9)), int(rng.integers(2, 9))
+        y, x = int(rng.integers(0, gh - bh)), int(rng.integers(0, gw - bw))
+        cells = np.zeros((gh, gw), bool)
+        cells[y:y + bh, x:x + bw] = True
+        if anything is None or not (cells & anything).any():
+            out.append((crop_input(image, cells, (CELL, CELL)).astype(np.uint8), CLASSES.index("none")))
+            break
+    return out
+
+
+def collect(n_roboref: int, n_shapes: int, seed: int = 0, per_object: int = 2, start: int = 0):
+    """``(crops N x 4 x 64 x 64 uint8, labels N)`` from training scenes ``start..start+n``
+    (a scene stream of its own: ``seed`` 1000 + ``seed`` of the train split)."""
+    from eris.data import roboref, shapes
+    rng = np.random.default_rng([seed, 7])
+    items = []
+    for i in tqdm(range(start, start + n_roboref), desc="roboref scenes", mininterval=10):
+        scene, _ = roboref.place_scene(roboref._rng("train", i, 1000 + seed))
+        image, masks = roboref.render(scene, 640, True)
+        items += _crops_of_scene(image, masks, [o.category for o in scene.objects], rng, per_object)
+    for i in tqdm(range(start, start + n_shapes), desc="shapes scenes", mininterval=10):
+        scene = shapes.make_scene(shapes._rng("train", i, 1000 + seed))
+        image, masks = shapes.render_scene(scene, 640, True)
+        items += _crops_of_scene(image, masks, [f"shape:{o.shape}" for o in scene.objects], rng, per_object)
+    x = np.stack([c for c, _ in items]) if items else np.zeros((0, 4, CROP, CROP), np.uint8)
+    return x, np.array([y for _, y in items], np.int64)
+
+
+def train(x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
+          val=None, log=None) -> CropNet:
+    torch.manual_seed(seed)
+    net = CropNet()
+    opt = torch.optim.AdamW(net.parameters(), lr, weight_decay=1e-4)
+    steps = epochs * math.ceil(len(x) / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
+    rng = np.random.default_rng(seed)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for epoch in range(epochs):
+        net.train()
+        order = torch.from_numpy(rng.permutation(len(x)))
+        total, t0 = 0.0, time.time()
+        for b in range(0, len(x), batch_size):
+            idx = order[b:b + batch_size]
+            xb = xt[idx].float()
+            flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
+            xb[flip] = xb[flip].flip(-1)  # categories do not depend on left and right
+            loss = nn.functional.cross_entropy(net(xb), yt[idx], label_smoothing=0.05)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        row = {"epoch": epoch + 1, "loss": total / len(x), "s": round(time.time() - t0, 1)}
+        if val is not None:
+            row["val_acc"] = accuracy(net, *val)
+        print(json.dumps(row), flush=True)
+        if log is not None:
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+    return net.eval()
+
+
+@torch.no_grad()
+def accuracy(net: CropNet, x: np.ndarray, y: np.ndarray) -> float:
+    net.eval()
+    pred = torch.cat([net(torch.from_numpy(x[b:b + 256]).float()).argmax(1) for b in range(0, len(x), 256)])
+    return float((pred.numpy() == y).mean())
+
+
+def export(net: CropNet, out: Path) -> None:
+    """``category_check.onnx`` (input ``crops`` N x 4 x 64 x 64 float32 0..255, output ``logits``)
+    and ``category_check.json`` (classes, nouns)."""
+    out.mkdir(parents=True, exist_ok=True)
+    # As convert exports the model's graphs: torch.export, weights inside the file, no source
+    # paths in the metadata, standard ops only; any number of crops.
+    from convert.onnx_export import OPSET, check_standard_ops, strip_export_metadata
+
+    path = out / "category_check.onnx"
+    with torch.no_grad():
+        torch.onnx.export(net.eval(), (torch.zeros(2, 4, CROP, CROP),), str(path), input_names=["crops"],
+                          output_names=["logits"], opset_version=OPSET, dynamo=True, external_data=False,
+                          verbose=False, dynamic_shapes={"crops": {0: torch.export.Dim("n", min=1, max=256)}})
+    strip_export_metadata(path)
+    check_standard_ops(path)
+    (out / "category_check.json").write_text(json.dumps({"classes": CLASSES, "nouns": NOUNS}, indent=1) + "\n")
+
+
+def add_to_bundle(bundle: Path, source: Path, share: float = SHARE, power: float = POWER,
+                  found_min: float = FOUND_MIN, pick_power: float = PICK_POWER) -> None:
+    """Copies ``source``'s ``category_check.onnx`` into ``bundle`` and records it, its classes and
+    nouns, and the rule in the manifest (the files' hashes are recomputed)."""
+    from pi_runtime.bundle import load_manifest, write_manifest
+
+    manifest = load_manifest(bundle)
+    meta = json.loads((source / "category_check.json").read_text())
+    shutil.copyfile(source / "category_check.onnx", bundle / "category_check.onnx")
+    manifest["category_check"] = {"file": "category_check.onnx", "input": "crops", "crop": CROP,
+                                  "classes": meta["classes"], "nouns": meta["nouns"],
+                                  "share": share, "power": power, "pick_power": pick_power, "found_min": found_min}
+    manifest["files"] = {**manifest["files"], "category_check.onnx": {}}
+    write_manifest(bundle, manifest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m eris.category_check", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True, help="output directory (crops cache, weights, graph)")
+    ap.add_argument("--roboref", type=int, default=1200, help="RoboRef training scenes to cut objects from")
+    ap.add_argument("--shapes", type=int, default=600, help="ShapeRef training scenes to cut objects from")
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--bundle", type=Path, default=None, help="then add the graph to this bundle directory")
+    ap.add_argument("--share", type=float, default=SHARE, help="candidates asked: score >= this x the best")
+    ap.add_argument("--power", type=float, default=POWER, help="a candidate's score is multiplied by p ** this")
+    ap.add_argument("--pick-power", type=float, default=PICK_POWER,
+                    help="... or by p ** this when a where-word or relation then chooses among the candidates")
+    ap.add_argument("--found-min", type=float, default=FOUND_MIN,
+                    help="found only if the kept candidate's p reaches this")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not (args.out / "category_check.onnx").exists():
+        _train_and_export(args)
+    if args.bundle is not None:
+        add_to_bundle(args.bundle, args.out, args.share, args.power, args.found_min, args.pick_power)
+        print(f"added the category check to {args.bundle}")
+    return 0
+
+
+def _train_and_export(args) -> None:
+    cache = args.out / f"crops_r{args.roboref}_s{args.shapes}_seed{args.seed}.npz"
+    if cache.exists():
+        data = np.load(cache)
+        x, y = data["x"], data["y"]
+    else:
+        x, y = collect(args.roboref, args.shapes, args.seed)
+        np.savez(cache, x=x, y=y)
+    print(f"{len(x)} crops: " + ", ".join(f"{c}={n}" for c, n in zip(CLASSES, np.bincount(y, minlength=len(CLASSES)))))
+    # a tenth of the crops, drawn at random, shows how training goes (the real check is the val
+    # sets through the runtime: README, "Category check")
+    order = np.random.default_rng(args.seed).permutation(len(x))
+    held, kept = order[: len(x) // 10], order[len(x) // 10:]
+    with open(args.out / "log.jsonl", "a") as log:
+        net = train(x[kept], y[kept], args.epochs, args.batch_size, args.lr, args.seed, val=(x[held], y[held]), log=log)
+    torch.save(net.state_dict(), args.out / "category_check.pt")
+    export(net, args.out)
+    print(f"wrote {args.out / 'category_check.onnx'}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
