@@ -2,7 +2,7 @@
 
 Why a second, small model: after eight CPU training sessions the ERIS student reads colours well
 and categories badly (RoboRef val: colour 84 mIoU, category 34). Of its wrong answers on val
-with the target present, about half (170 of 330) are an object of another category, and most
+with the target present, about half (170 of 322) are an object of another category, and most
 absent-target phrases ("the red ball" where there is only a red cube) come back found on an
 object of the named colour. Telling a duck from a mug in a 64x64 crop is a far smaller task than
 referring segmentation, and a small CNN learns it from rendered objects in minutes of CPU time
