@@ -89,7 +89,7 @@ class CategoryCheck:
     found_min: float = 0.0
     pick_power: float | None = None   # None: ``power``
 
-    def probabilities(self, image: np.ndarray, crops: list[np.ndarray], noun: str) -> np.ndarray:
+    def probabilities(self, crops: list[np.ndarray], noun: str) -> np.ndarray:
         """p(the noun's category) for each crop (:func:`crop_input`): one classifier run."""
         if not crops:
             return np.zeros(0)
@@ -115,7 +115,7 @@ class CategoryCheck:
             cells = np.zeros((labels.shape[0] + origin[0], labels.shape[1] + origin[1]), bool)
             cells[origin[0]:, origin[1]:] = labels == i + 1
             crops.append(crop_input(image, cells, cell_hw))
-        p[ask] = self.probabilities(image, crops, noun)
+        p[ask] = self.probabilities(crops, noun)
         out = scores.astype(np.float64).copy()
         power = self.pick_power if picking and self.pick_power is not None else self.power
         out[ask] = scores[ask] * p[ask] ** power

@@ -162,7 +162,7 @@ def test_training_then_adding_to_a_bundle_and_loading_it(bundle, tmp_path):
     assert seg.category_check.pick_power == 0.25
     assert seg.category_check.classes == CLASSES and seg.category_check.nouns == NOUNS
     crops = [crop_input(np.zeros((32, 32, 3), np.uint8), np.ones((8, 8), bool), (4.0, 4.0))]
-    assert seg.category_check.probabilities(None, crops, "ring").shape == (1,)
+    assert seg.category_check.probabilities(crops, "ring").shape == (1,)
     off = Segmenter.from_bundle(target, precision="fp32", threads=1, category_check=False)
     assert off.category_check is None
     # a second run reuses the trained graph (no retraining) and only rewrites the rule
