@@ -15,7 +15,8 @@ domino"), whose place the grid alone cannot give, so such phrases keep the model
 ("nearest", "at the back") and size words ("biggest", "small"): ordering the candidates by how
 low they reach in the frame or by their area was measured to be worse than the model's own
 choice (README, "Session 15: where-words and relations"), which already favours the near, big
-object.
+object, and again with the candidates weighed by the category check first (README, "Session 17:
+the category check learns the model's own candidates").
 
 Candidates are the 8-connected regions of the stride-4 logit grid over the mask threshold whose
 score (:func:`pi_runtime.regions.region_scores`) is at least :data:`CANDIDATE_SHARE` of the best

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from eris.category_check import CLASSES, NOUNS, object_cells
+from eris.category_check import CLASSES, NOUNS, _region_label, object_cells
 from pi_runtime.bundle import BundleError, validate_manifest
 from pi_runtime.categories import CROP, MAX_ASKED, CategoryCheck, crop_box, crop_input, phrase_category
 
@@ -124,6 +124,17 @@ def test_object_cells_thresholds_the_share_of_each_cell():
     assert object_cells(mask, 0.75).tolist() == [[False, False], [False, True]]
 
 
+def test_a_region_is_labelled_by_the_object_covering_most_of_it_or_none():
+    region = np.zeros((4, 4), bool)
+    region[0:2, 0:2] = True
+    fractions = np.zeros((2, 4, 4))
+    fractions[0, 0:2, 0:2] = 0.3    # the duck covers 30 % of the region
+    fractions[1, 0:2, 0:1] = 1.0    # the mug covers half of it
+    assert _region_label(region, fractions, ["duck", "mug"], 0.4) == "mug"
+    assert _region_label(region, fractions, ["duck", "mug"], 0.6) == "none"   # nothing covers enough
+    assert _region_label(region, np.zeros((0, 4, 4)), [], 0.4) == "none"       # a scene without objects
+
+
 def _manifest_with_check(bundle, **changes):
     m = json.loads((bundle / "manifest.json").read_text())
     m["category_check"] = {"file": "category_check.onnx", "classes": ["duck", "mug"], "nouns": {"duck": ["duck"]},
@@ -153,9 +164,13 @@ def test_training_then_adding_to_a_bundle_and_loading_it(bundle, tmp_path):
 
     target = tmp_path / "bundle"
     shutil.copytree(bundle / "bundle", target)
-    args = ["--out", str(tmp_path / "cc"), "--roboref", "1", "--shapes", "2", "--epochs", "1", "--threads", "1"]
+    args = ["--out", str(tmp_path / "cc"), "--roboref", "1", "--shapes", "2", "--region-roboref", "1",
+            "--region-shapes", "1", "--epochs", "1", "--threads", "1"]
     assert main(args + ["--bundle", str(target), "--found-min", "0.2", "--pick-power", "0.25"]) == 0
     assert (tmp_path / "cc" / "category_check.onnx").exists() and len(list((tmp_path / "cc").glob("crops_*.npz"))) == 1
+    regions = np.load(next((tmp_path / "cc").glob("regions_*.npz")))
+    assert regions["x"].shape[1:] == (4, CROP, CROP) and len(regions["x"]) == len(regions["y"])
+    assert set(regions["y"].tolist()) <= set(range(len(CLASSES)))
     verify_bundle(target)
     seg = Segmenter.from_bundle(target, precision="fp32", threads=1)
     assert seg.category_check is not None and seg.category_check.found_min == 0.2
