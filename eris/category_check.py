@@ -134,25 +134,25 @@ def _region_label(region: np.ndarray, fractions: np.ndarray, labels: list[str], 
 
 def _region_crops_of_scene(seg, image, phrase, masks, labels, min_cover: float = 0.4):
     """Crops of the regions the shipped model proposes for ``phrase``, cut exactly as the runtime
-    cuts them (the :data:`pi_runtime.categories.MAX_ASKED` best-scoring regions), each labelled by the
-    object under it: the candidates the check must tell apart at run time, wrong ones included."""
-    from pi_runtime.categories import MAX_ASKED
+    cuts them (:func:`pi_runtime.categories.asked_regions` with :data:`SHARE`, the bundle's), each
+    labelled by the object under it: the candidates the check must tell apart at run time, wrong
+    ones included."""
+    from pi_runtime.categories import asked_regions, region_cells
     from pi_runtime.regions import region_scores
 
     cells, box, _ = seg._raw_logits(image, phrase)
-    regions, n, scores, (r0, c0) = region_scores(cells, seg._threshold_logit)
+    regions, n, scores, origin = region_scores(cells, seg._threshold_logit)
     if n == 0:
         return []
-    (rh, rw), (h, w) = box.resized_hw, box.orig_hw
-    cell_hw = (seg.stride * h / rh, seg.stride * w / rw)
+    cell_hw = seg.cell_hw(box)
     gh, gw = cells.shape
     fractions = np.stack([np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize(
         (gw, gh), Image.BOX, box=(0, 0, gw * cell_hw[1], gh * cell_hw[0]))) for m in masks]) if len(masks) else None
     out = []
-    for i in np.argsort(-scores, kind="stable")[:MAX_ASKED]:
-        region = np.zeros(cells.shape, bool)
-        region[r0:r0 + regions.shape[0], c0:c0 + regions.shape[1]] = regions == i + 1
-        label = _region_label(region, fractions, labels, min_cover) if fractions is not None else "none"
+    for i in asked_regions(scores, SHARE):
+        region = region_cells(regions, i, origin)
+        label = (_region_label(region, fractions[:, :region.shape[0], :region.shape[1]], labels, min_cover)
+                 if fractions is not None else "none")
         out.append((crop_input(image, region, cell_hw).astype(np.uint8), CLASSES.index(label)))
     return out
 
@@ -163,35 +163,20 @@ def collect_regions(n_roboref: int, n_shapes: int, seed: int = 0, start: int = 0
     object crops of :func:`collect` teach what each category looks like; these teach the
     candidates the runtime really asks about: partial, merged and background regions."""
     from eris.data import roboref, shapes
-    from eris.data.roboref_expressions import generate_expression as robo_expression
-    from eris.data.expressions import generate_expression as shape_expression
     from pi_runtime.segmenter import Segmenter, default_bundle_dir
 
     seg = Segmenter(default_bundle_dir(), precision="int8", threads=threads, category_check=False)
     items = []
-    for i in tqdm(range(start, start + n_roboref), desc="roboref regions", mininterval=10):
-        rng = roboref._rng("train", i, 2000 + seed)
-        absent = rng.random() < roboref.ABSENT_P
-        for _ in range(20):
-            scene, _ = roboref.place_scene(rng)
-            found = robo_expression(scene.objects, rng, absent=absent)
-            if found is not None:
-                break
-        else:
-            continue
-        image, masks = roboref.render(scene, 640, True)
-        items += _region_crops_of_scene(seg, image, found[2], masks, [o.category for o in scene.objects])
-    for i in tqdm(range(start, start + n_shapes), desc="shapes regions", mininterval=10):
-        rng = shapes._rng("train", i, 2000 + seed)
-        for _ in range(20):
-            scene = shapes.make_scene(rng)
-            found = shape_expression(scene.objects, rng)
-            if found is not None:
-                break
-        else:
-            continue
-        image, masks = shapes.render_scene(scene, 640, True)
-        items += _region_crops_of_scene(seg, image, found[2], masks, [f"shape:{o.shape}" for o in scene.objects])
+    for data, n, desc, label_of in ((roboref, n_roboref, "roboref regions", lambda o: o.category),
+                                    (shapes, n_shapes, "shapes regions", lambda o: f"shape:{o.shape}")):
+        render = roboref.render if data is roboref else shapes.render_scene
+        for i in tqdm(range(start, start + n), desc=desc, mininterval=10):
+            drawn = data.draw_scene(data._rng("train", i, 2000 + seed))
+            if drawn is None:
+                continue
+            scene, (_, _, phrase) = drawn
+            image, masks = render(scene, 640, True)
+            items += _region_crops_of_scene(seg, image, phrase, masks, [label_of(o) for o in scene.objects])
     x = np.stack([c for c, _ in items]) if items else np.zeros((0, 4, CROP, CROP), np.uint8)
     return x, np.array([y for _, y in items], np.int64)
 

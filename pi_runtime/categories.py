@@ -25,7 +25,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-__all__ = ["CROP", "MARGIN", "MAX_ASKED", "phrase_category", "crop_box", "crop_input", "CategoryCheck"]
+__all__ = ["CROP", "MARGIN", "MAX_ASKED", "phrase_category", "crop_box", "crop_input", "asked_regions", "region_cells",
+           "CategoryCheck"]
 
 CROP = 64          # classifier input side, pixels
 MARGIN = 0.25      # the square crop reaches this share of the region's longer side beyond it
@@ -73,6 +74,21 @@ def crop_input(image: np.ndarray, cells: np.ndarray, cell_hw: tuple[float, float
     return out
 
 
+def asked_regions(scores: np.ndarray, share: float) -> np.ndarray:
+    """Indices of the regions the check asks about: those scoring at least ``share`` x the best,
+    the :data:`MAX_ASKED` surest first."""
+    ask = np.nonzero(scores >= share * scores.max())[0]
+    return ask[np.argsort(-scores[ask], kind="stable")[:MAX_ASKED]]
+
+
+def region_cells(labels: np.ndarray, i: int, origin) -> np.ndarray:
+    """Region ``i`` (0-based) of ``labels`` (whose top-left cell is ``origin`` on the grid) as a
+    bool map of the grid from its top-left corner, as :func:`crop_input` takes it."""
+    cells = np.zeros((labels.shape[0] + origin[0], labels.shape[1] + origin[1]), bool)
+    cells[origin[0]:, origin[1]:] = labels == i + 1
+    return cells
+
+
 @dataclass
 class CategoryCheck:
     """The bundle's crop classifier and how the runtime uses it (manifest ``category_check``):
@@ -108,14 +124,8 @@ class CategoryCheck:
         p = np.full(len(scores), np.nan)
         if len(scores) == 0:
             return scores, p
-        ask = np.nonzero(scores >= self.share * scores.max())[0]
-        ask = ask[np.argsort(-scores[ask], kind="stable")[:MAX_ASKED]]
-        crops = []
-        for i in ask:
-            cells = np.zeros((labels.shape[0] + origin[0], labels.shape[1] + origin[1]), bool)
-            cells[origin[0]:, origin[1]:] = labels == i + 1
-            crops.append(crop_input(image, cells, cell_hw))
-        p[ask] = self.probabilities(crops, noun)
+        ask = asked_regions(scores, self.share)
+        p[ask] = self.probabilities([crop_input(image, region_cells(labels, i, origin), cell_hw) for i in ask], noun)
         out = scores.astype(np.float64).copy()
         power = self.pick_power if picking and self.pick_power is not None else self.power
         out[ask] = scores[ask] * p[ask] ** power

@@ -485,9 +485,12 @@ class Segmenter:
         noun = phrase_category(text, check.nouns)
         if noun is None:
             return None
+        return _Weighing(check, image, noun, self.cell_hw(box), picking)
+
+    def cell_hw(self, box) -> tuple[float, float]:
+        """One stride-grid cell's height and width in the original image's pixels."""
         (rh, rw), (h, w) = box.resized_hw, box.orig_hw
-        cell_hw = (self.stride * h / rh, self.stride * w / rw)  # one grid cell in original pixels
-        return _Weighing(check, image, noun, cell_hw, picking)
+        return self.stride * h / rh, self.stride * w / rw
 
     def _pick(self, phrase: str, reference: np.ndarray | None):
         """What the phrase says about which region to keep (``best_region``'s ``pick``), or None:

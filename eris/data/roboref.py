@@ -34,8 +34,8 @@ from PIL import Image, ImageFilter
 
 from eris.data.roboref_expressions import generate_expression
 
-__all__ = ["CATEGORIES", "COLOURS", "RoboObject", "RoboScene", "RoboRefSample", "get_sample", "make_scene",
-           "render", "generate_expression", "RoboRefTrain", "eval_samples", "render_sequence", "main"]
+__all__ = ["CATEGORIES", "COLOURS", "RoboObject", "RoboScene", "RoboRefSample", "draw_scene", "get_sample",
+           "make_scene", "render", "generate_expression", "RoboRefTrain", "eval_samples", "render_sequence", "main"]
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 SPLIT_SIZES = {"val": 1000, "test": 1000}
@@ -439,6 +439,18 @@ def place_scene(rng: np.random.Generator) -> tuple[RoboScene, list[int]]:
     return scene, bodies
 
 
+def draw_scene(rng: np.random.Generator, kind_weights: dict[str, float] | None = None):
+    """``(scene, (target, kind, phrase))`` drawn from ``rng``, absent-target phrases at
+    :data:`ABSENT_P`; a scene where no expression is unique is redrawn, up to 20 times (then None)."""
+    absent = rng.random() < ABSENT_P
+    for _ in range(20):
+        scene, _ = place_scene(rng)
+        found = generate_expression(scene.objects, rng, absent=absent, weights=kind_weights)
+        if found is not None:
+            return scene, found
+    return None
+
+
 def get_sample(split: str, index: int, seed: int = 0, long_side: int = 640, degrade: bool = True,
                kind_weights: dict[str, float] | None = None) -> RoboRefSample:
     """Sample ``index`` of ``split``; the same on any machine for the same arguments.
@@ -446,16 +458,10 @@ def get_sample(split: str, index: int, seed: int = 0, long_side: int = 640, degr
     size = SPLIT_SIZES.get(split)
     if size is not None and not 0 <= index < size:
         raise IndexError(f"{split} has {size} samples; index {index} is out of range")
-    rng = _rng(split, index, seed)
-    absent = rng.random() < ABSENT_P
-    for _ in range(20):
-        scene, _ = place_scene(rng)
-        found = generate_expression(scene.objects, rng, absent=absent, weights=kind_weights)
-        if found is not None:
-            break
-    else:
+    drawn = draw_scene(_rng(split, index, seed), kind_weights)
+    if drawn is None:
         raise RuntimeError(f"roboref {split}/{index}: no referable object in 20 scenes")
-    target, kind, phrase = found
+    scene, (target, kind, phrase) = drawn
     image, masks = render(scene, long_side, degrade)
     mask = masks[target] if target is not None else np.zeros(image.shape[:2], bool)
     return RoboRefSample(image=image, mask=mask, phrase=phrase, target=target, kind=kind, scene=scene,

@@ -26,7 +26,7 @@ from eris.data.expressions import Expression, generate_expression, phrase_kind, 
 from pi_runtime.files import atomic_write_bytes
 
 __all__ = ["SceneObject", "Scene", "ShapeRefSample", "SPLITS", "SHAPES", "COLOURS", "ASPECTS",
-           "make_scene", "render_scene", "get_sample", "main"]
+           "make_scene", "draw_scene", "render_scene", "get_sample", "main"]
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 SPLIT_SIZES = {"val": 1000, "test": 1000}  # train is unlimited
@@ -282,6 +282,17 @@ def absent_expression(objects: list[SceneObject], rng: np.random.Generator) -> t
             return expr, realise(expr, rng)
 
 
+def draw_scene(rng: np.random.Generator):
+    """``(scene, (target, expression, phrase))`` drawn from ``rng``; a scene where no expression is
+    unique is redrawn, up to 20 times (then None)."""
+    for _ in range(20):
+        scene = make_scene(rng)
+        found = generate_expression(scene.objects, rng)
+        if found is not None:
+            return scene, found
+    return None
+
+
 def get_sample(split: str, index: int, seed: int = 0, long_side: int = 640, degrade: bool = True,
                absent: bool = False) -> ShapeRefSample:
     """The sample ``index`` of ``split``; identical for identical arguments on any machine.
@@ -291,15 +302,10 @@ def get_sample(split: str, index: int, seed: int = 0, long_side: int = 640, degr
     size = SPLIT_SIZES.get(split)
     if size is not None and not 0 <= index < size:
         raise IndexError(f"{split} has {size} samples; index {index} is out of range")
-    rng = _rng(split, index, seed)
-    for _ in range(20):  # a scene where no expression is unique is redrawn
-        scene = make_scene(rng)
-        found = generate_expression(scene.objects, rng)
-        if found is not None:
-            break
-    else:
+    drawn = draw_scene(_rng(split, index, seed))
+    if drawn is None:
         raise RuntimeError(f"{split}/{index}: no referable object in 20 scenes")
-    target, expression, phrase = found
+    scene, (target, expression, phrase) = drawn
     image, masks = render_scene(scene, long_side, degrade)
     if absent:  # its own stream, so the scene and image stay those of the present sample
         expression, phrase = absent_expression(scene.objects, np.random.default_rng([seed, 999, SPLITS[split], index]))
