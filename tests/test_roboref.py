@@ -112,6 +112,23 @@ def test_flip_rewrites_left_right_but_not_depth():
     assert flip_phrase("the ball behind the cup, at the back") == "the ball behind the cup, at the back"
 
 
+def test_surface_textures_are_written_once_for_all_processes(tmp_path, monkeypatch):
+    """Each new simulator (one per DataLoader worker) used to leave a temp folder of textures behind."""
+    monkeypatch.setattr(roboref.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(roboref, "_SIM", {})
+    before = get_sample("val", 3, long_side=SIDE)
+    folders = list(tmp_path.iterdir())
+    assert len(folders) == 1 and folders[0].name.startswith("eris-roboref-textures-")
+    stamps = {f.name: f.stat().st_mtime_ns for f in folders[0].iterdir()}
+    assert len(stamps) == 9                                 # white + 8 surfaces, no stray temp files
+    roboref._SIM["pid"] = -1                                # as a new worker process would see it
+    after = get_sample("val", 3, long_side=SIDE)
+    roboref._SIM["p"].disconnect(physicsClientId=roboref._SIM["cid"])
+    assert list(tmp_path.iterdir()) == folders
+    assert {f.name: f.stat().st_mtime_ns for f in folders[0].iterdir()} == stamps
+    assert np.array_equal(before.image, after.image)
+
+
 def test_sequence_renders_frames_of_one_scene(tmp_path):
     paths = render_sequence(tmp_path / "seq", frames=3, long_side=96)
     assert [p.name for p in paths] == ["frame_0000.jpg", "frame_0001.jpg", "frame_0002.jpg"]

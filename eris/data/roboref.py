@@ -135,18 +135,40 @@ def _sim():
 
     if _SIM.get("pid") != os.getpid():
         cid = p.connect(p.DIRECT)
-        tmp = Path(tempfile.mkdtemp(prefix="roboref-"))
-        white = tmp / "white.png"
-        Image.new("RGB", (4, 4), (255, 255, 255)).save(white)
+        folder = _texture_dir()
+        white = folder / "white.png"
+        _write_once(white, Image.new("RGB", (4, 4), (255, 255, 255)))
         textures = []
         for i, kind in enumerate(("wood", "checker", "noise", "plain", "wood", "stripes", "checker", "noise")):
-            path = tmp / f"surface{i}.png"
-            Image.fromarray(_surface_texture(kind, np.random.default_rng(1000 + i))).save(path)
+            path = folder / f"surface{i}.png"
+            _write_once(path, Image.fromarray(_surface_texture(kind, np.random.default_rng(1000 + i))))
             textures.append((kind, str(path)))
         _SIM.clear()
         _SIM.update(pid=os.getpid(), p=p, cid=cid, data=pybullet_data.getDataPath(), white=str(white),
                     textures=textures)
     return _SIM
+
+
+TEXTURE_VERSION = 1   # bump when _surface_texture changes, so no process reads the old files
+
+
+def _texture_dir() -> Path:
+    """Where the surface textures lie (PyBullet loads textures from files). They are the same in
+    every process (fixed seeds), so one folder per user serves all of them; a fresh folder per
+    process would leave one behind in the temp dir for every DataLoader worker ever started."""
+    folder = Path(tempfile.gettempdir()) / f"eris-roboref-textures-v{TEXTURE_VERSION}-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def _write_once(path: Path, image: Image.Image) -> None:
+    """Save ``image`` at ``path`` unless it is there; atomic, so concurrent workers never read half a file."""
+    if path.exists():
+        return
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
 
 
 def _surface_texture(kind: str, rng: np.random.Generator, n: int = 256) -> np.ndarray:
