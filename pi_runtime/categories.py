@@ -35,10 +35,16 @@ MAX_ASKED = 8      # at most this many candidates a frame (the surest), bounding
                    # RoboRef val frames have 2 regions at the median, 8 at the 90th percentile
 
 
+# Nouns that are also common verbs in requests: the verb use is not the noun. "can you see the
+# domino" names a domino, not a can (the RoboRef template "can you see {np}" made every such phrase
+# ask the check for a cylinder, and most came back not found).
+_NOT_THE_NOUN = {"can": r"(?!\s*(?:'|\u2019)?\s*t\b|\s+(?:you|u|i|we|they|he|she|it|one|not|someone|anyone)\b)"}
+
+
 @lru_cache(maxsize=256)
 def _noun_pattern(nouns: tuple[str, ...]):
     # Longest first, so "teddy bear" wins over "teddy" and "lego brick" over "lego".
-    alternatives = "|".join(re.escape(n) for n in sorted(nouns, key=len, reverse=True))
+    alternatives = "|".join(re.escape(n) + _NOT_THE_NOUN.get(n, "") for n in sorted(nouns, key=len, reverse=True))
     return re.compile(rf"\b({alternatives})s?\b", re.IGNORECASE)
 
 

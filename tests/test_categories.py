@@ -20,13 +20,17 @@ from pi_runtime.categories import CROP, MAX_ASKED, CategoryCheck, crop_box, crop
     ("the blue donut", "donut"),
     ("the hexagon at the top", "hexagon"),
     ("The Duck", "duck"),
+    ("can you see the domino that is farthest from the camera", "domino"),   # "can" the verb, not the noun
+    ("Can you see the red can", "can"),
+    ("can't you find the mug left of the can", "mug"),
+    ("grab the cans", "can"),
 ])
 def test_the_phrase_names_its_category(phrase, noun):
     assert phrase_category(phrase, NOUNS) == noun
 
 
 @pytest.mark.parametrize("phrase", ["the red one", "the thing on the left", "the biggest object", "cubed ice",
-                                    "the mugshot"])
+                                    "the mugshot", "can you see a purple one", "can I have the green thing"])
 def test_phrases_without_a_category_noun(phrase):
     assert phrase_category(phrase, NOUNS) is None
 
