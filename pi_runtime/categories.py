@@ -102,7 +102,10 @@ class CategoryCheck:
     a candidate region (score >= ``share`` x the best; the :data:`MAX_ASKED` surest) has its score multiplied by
     p(category) ** ``power``, or ** ``pick_power`` when a where-word or relation then chooses
     among the candidates (they need every candidate of the category kept, not only the surest);
-    the phrase is found only if the chosen region's p >= ``found_min``."""
+    the phrase is found only if the chosen region's p >= ``found_min``. When a where-word or
+    relation chooses and some asked region passes ``found_min``, the asked regions that do not
+    are dropped first: "the leftmost duck" is the leftmost of the ducks, not a mug further left
+    that the found decision would then reject (README, "Session 18")."""
     session: object
     classes: list[str]
     nouns: dict[str, list[str]]
@@ -135,4 +138,8 @@ class CategoryCheck:
         out = scores.astype(np.float64).copy()
         power = self.pick_power if picking and self.pick_power is not None else self.power
         out[ask] = scores[ask] * p[ask] ** power
+        if picking:
+            unlikely = ask[p[ask] < self.found_min]
+            if len(unlikely) < len(ask):   # some candidate is likely enough: choose among those
+                out[unlikely] = 0.0
         return out, p

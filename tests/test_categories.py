@@ -120,6 +120,22 @@ def test_weigh_multiplies_candidates_by_p_of_the_noun_and_skips_faint_regions():
     assert weighed == pytest.approx([p_duck ** 0.5, 2 * q ** 0.5])
 
 
+def test_picking_drops_candidates_the_found_decision_would_reject_if_any_passes():
+    image, labels = _two_regions()
+    check = CategoryCheck(_FakeClassifier(), ["duck", "mug", "none"], {"duck": ["duck"], "cup": ["mug"]},
+                          share=0.0, power=1.0, pick_power=0.25, found_min=0.2)
+    p_duck, q = np.exp(4) / (np.exp(4) + 2), 1 / (np.exp(4) + 2)   # the red region is the duck
+    weighed, _ = check.weigh(image, "duck", labels, np.array([1.0, 2.0]), (0, 0), (4.0, 4.0), picking=True)
+    assert weighed == pytest.approx([p_duck ** 0.25, 0.0])          # the blue non-duck is no candidate
+    weighed, _ = check.weigh(image, "duck", labels, np.array([1.0, 2.0]), (0, 0), (4.0, 4.0))
+    assert weighed == pytest.approx([p_duck, 2 * q])                # without a pick: weighed only
+    weighed, _ = check.weigh(image, "cup", labels, np.array([1.0, 2.0]), (0, 0), (4.0, 4.0), picking=True)
+    assert weighed == pytest.approx([0.0, 2 * p_duck ** 0.25])      # the blue one is the mug
+    check.found_min = 0.999
+    weighed, _ = check.weigh(image, "duck", labels, np.array([1.0, 2.0]), (0, 0), (4.0, 4.0), picking=True)
+    assert weighed == pytest.approx([p_duck ** 0.25, 2 * q ** 0.25])   # none passes: nothing dropped
+
+
 def test_object_cells_thresholds_the_share_of_each_cell():
     mask = np.zeros((8, 8), bool)
     mask[0:4, 0:2] = True   # half of cell (0, 0)
