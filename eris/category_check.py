@@ -142,7 +142,7 @@ def _region_crops_of_scene(seg, image, phrase, masks, labels, min_cover: float =
     from pi_runtime.categories import asked_regions, region_cells
     from pi_runtime.regions import region_scores
 
-    cells, box, _ = seg._raw_logits(image, phrase)
+    cells, box, _ = seg._phrase_cells(image, phrase)
     regions, n, scores, origin = region_scores(cells, seg._threshold_logit)
     if n == 0:
         return []

@@ -92,7 +92,7 @@ def evaluate_sequences(seg, n: int, frames: int, sweep_deg: float, rules: dict, 
             truth = masks[s.target]
             if truth.sum() < min_pixels:  # the target left the frame or hides behind another
                 continue
-            raw = seg._raw_logits(image, s.phrase)  # once per frame; every rule reads the same logits
+            raw = seg._phrase_cells(image, s.phrase)  # once per frame; every rule reads the same logits
             relation, ref_cells, _ = seg._reference_cells(image, s.phrase)  # a relation's reference, once too
             for name, track in tracks.items():
                 reference = seg._reference_region(relation, ref_cells, track, image, raw[1])  # as live mode would
@@ -137,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
                          "'left of the duck'")
     ap.add_argument("--no-category-check", dest="category_check", action="store_false",
                     help="the runtime's --no-category-check: do not weigh candidates by the bundle's crop classifier")
+    ap.add_argument("--no-plain-pass", dest="plain_pass", action="store_false",
+                    help="the runtime's --no-plain-pass: do not also run the phrase's plain description")
     ap.add_argument("--bonus", type=float, nargs="+", default=[1.5],
                     help="RegionTrack bonuses to compare with choosing each frame afresh")
     args = ap.parse_args(argv)
     seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, where_words=args.where_words,
-                                category_check=args.category_check)
+                                category_check=args.category_check, plain_pass=args.plain_pass)
     rules = {"fresh": None, **{f"sticky x{b:g}": b for b in args.bonus}}
     tallies = evaluate_sequences(seg, args.n, args.frames, args.sweep_deg, rules, start=args.start)
     print(json.dumps({"args": vars(args), **{name: t.summary() for name, t in tallies.items()}}, indent=1))

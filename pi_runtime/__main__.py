@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "of the category the phrase names (default, where the bundle has one: candidates are "
                          "weighed by it, and a phrase none of them fits comes back not found; README, 'Session 16: "
                          "the category check')")
+    ap.add_argument("--no-plain-pass", dest="plain_pass", action="store_false",
+                    help="with --regions best and where-words: do not also run the phrase's plain description "
+                         "(default: 'the second mug from the left', 'the duck farthest from me' or 'the cube left "
+                         "of the duck' is also run as 'the mug', 'the duck', 'the cube' and the larger logit kept, "
+                         "so objects the full phrase missed are candidates too: one more image-graph run for such "
+                         "phrases; README, 'Session 18')")
     ap.add_argument("--no-sticky", dest="sticky", action="store_false",
                     help="live, with --regions best: choose each frame's region afresh (default: stay on the object "
                          "kept on the last frame unless another scores clearly higher; README, 'Live mode')")
@@ -136,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side, args.backend,
                                     regions=args.regions, flip_average=args.flip_average,
-                                    where_words=args.where_words, category_check=args.category_check)
+                                    where_words=args.where_words, category_check=args.category_check,
+                                    plain_pass=args.plain_pass)
     except (BundleError, BackendUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -183,7 +190,8 @@ def run_live(args) -> int:
     try:
         seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side, args.backend,
                                     regions=args.regions, flip_average=args.flip_average,
-                                    where_words=args.where_words, category_check=args.category_check)
+                                    where_words=args.where_words, category_check=args.category_check,
+                                    plain_pass=args.plain_pass)
     except (BundleError, BackendUnavailable, ValueError) as exc:
         source.close()
         print(f"error: {exc}", file=sys.stderr)

@@ -25,6 +25,7 @@ from pi_runtime.bundle import BundleError, check_files, check_graph_io, load_man
 from pi_runtime.categories import CategoryCheck, phrase_category
 from pi_runtime.litert import interpreter_package
 from pi_runtime.phrases import PhraseError, check_phrase, mirror_phrase
+from pi_runtime.plain import plain_description
 from pi_runtime.precision import cpu_has_int8_dot
 from pi_runtime.preprocess import letterbox, letterbox_into, load_image, to_rgb_array
 from pi_runtime.regions import REGION_MODES, RegionTrack, best_region
@@ -156,7 +157,8 @@ class _Weighing:
 class Segmenter:
     def __init__(self, bundle: str | Path, precision: str = "auto", threads: int | None = None,
                  long_side: int | None = None, backend: str = "auto", regions: str = "best",
-                 flip_average: bool = False, where_words: bool = True, category_check: bool = True):
+                 flip_average: bool = False, where_words: bool = True, category_check: bool = True,
+                 plain_pass: bool = True):
         from tokenizers import Tokenizer
 
         if regions not in REGION_MODES:
@@ -169,6 +171,11 @@ class Segmenter:
         # a relation to another object ("left of the duck") picks among the candidate regions
         # (pi_runtime.spatial, pi_runtime.relations; README, "Session 15: where-words and relations").
         self.where_words = bool(where_words)
+        # With regions="best" and where-words: a phrase that singles its object out by place,
+        # depth, size or a relation is also run as its plain description ("the mug"), and the
+        # larger logit of the two kept cell by cell, so objects the full phrase missed are
+        # candidates too (pi_runtime.plain; README, "Session 18"): one more image-graph run.
+        self.plain_pass = bool(plain_pass)
 
         self.bundle = Path(bundle)
         self.manifest = load_manifest(self.bundle)
@@ -332,7 +339,8 @@ class Segmenter:
     @classmethod
     def from_bundle(cls, path: str | Path | None = None, precision: str = "auto", threads: int | None = None,
                     long_side: int | None = None, backend: str = "auto", regions: str = "best",
-                    flip_average: bool = False, where_words: bool = True, category_check: bool = True):
+                    flip_average: bool = False, where_words: bool = True, category_check: bool = True,
+                    plain_pass: bool = True):
         """``path=None`` loads the bundle shipped inside the package; ``long_side`` overrides the
         bundle's input size (e.g. 320 on a Pi 4: about 4x faster, less exact; ONNX graphs only);
         ``backend``: ``auto``, ``onnxruntime`` or ``litert`` (:func:`choose_backend`); ``regions``:
@@ -342,13 +350,15 @@ class Segmenter:
         right", :mod:`pi_runtime.spatial`) or a relation to another object ("left of the duck",
         :mod:`pi_runtime.relations`) chooses among the candidate regions; ``category_check``: with
         ``best``, the bundle's crop classifier (where it has one) weighs the candidates by the
-        category the phrase names (:mod:`pi_runtime.categories`)."""
+        category the phrase names (:mod:`pi_runtime.categories`); ``plain_pass``: with ``best`` and
+        ``where_words``, a phrase with where-, depth- or size-words or a relation is also run as
+        its plain description and the larger logit kept (:mod:`pi_runtime.plain`)."""
         if path is None:
             path = default_bundle_dir()
             if not (path / "manifest.json").is_file():
                 raise BundleError(f"{path}: this install has no bundled default model; pass a bundle directory")
         return cls(Path(path), precision, threads, long_side, backend, regions, flip_average, where_words,
-                   category_check)
+                   category_check, plain_pass)
 
     def tokenize(self, phrase: str) -> tuple[np.ndarray, np.ndarray]:
         """``(input_ids, attention_mask)`` int64 ``[1, L]`` (``L = max_tokens`` for the static LiteRT
@@ -445,13 +455,33 @@ class Segmenter:
         timings["post"] = (time.perf_counter() - t0) * 1e3
         return out, timings
 
-    def _result(self, image: np.ndarray, phrase: str, track: RegionTrack | None = None) -> Result:
+    def _phrase_cells(self, image: np.ndarray, phrase: str):
+        """:meth:`_raw_logits` of the phrase, cell by cell the larger of them and its plain
+        description's where the runtime runs one (:meth:`plain_phrase`): the logits its regions
+        are chosen from."""
         cells, box, timings = self._raw_logits(image, phrase)
+        plain = self.plain_phrase(phrase)
+        if plain is not None:  # the plain description's objects become candidates too
+            plain_cells, _, plain_timings = self._raw_logits(image, plain)
+            cells = np.maximum(cells, plain_cells)
+            for key, ms in plain_timings.items():
+                timings[key] += ms
+        return cells, box, timings
+
+    def _result(self, image: np.ndarray, phrase: str, track: RegionTrack | None = None) -> Result:
+        cells, box, timings = self._phrase_cells(image, phrase)
         relation, ref_cells, ref_timings = self._reference_cells(image, phrase)
         for key, ms in ref_timings.items():
             timings[key] += ms
         reference = self._reference_region(relation, ref_cells, track, image, box)
         return self._result_from_cells(cells, box, timings, phrase, track, reference, image)
+
+    def plain_phrase(self, phrase: str) -> str | None:
+        """The plain description the runtime also runs for ``phrase`` (``plain_pass``, with
+        regions ``best`` and ``where_words``; :func:`pi_runtime.plain.plain_description`), or None."""
+        if not (self.plain_pass and self.where_words and self.regions == "best"):
+            return None
+        return plain_description(phrase)
 
     def _reference_cells(self, image: np.ndarray, phrase: str):
         """For a relation phrase ("the mug left of the duck"; with ``where_words`` and regions

@@ -274,9 +274,9 @@ def test_a_relation_phrase_asks_for_its_reference_and_keeps_the_candidate_in_the
     for s in (on, off):
         monkeypatch.setattr(s, "_raw_logits", fake)
     r = on.segment(image, "the mug right of the duck")
-    assert asked == ["the mug right of the duck", "the duck"]
+    assert asked == ["the mug right of the duck", "the mug", "the duck"]   # the plain description too
     assert r.mask[18, 42] and not r.mask[18, 6] and not r.mask[18, 26]
-    assert r.timings["image"] == 20.0 and r.timings["text"] == 2.0    # both runs counted
+    assert r.timings["image"] == 30.0 and r.timings["text"] == 3.0    # every run counted
     asked.clear()
     r = off.segment(image, "the mug right of the duck")
     assert asked == ["the mug right of the duck"] and r.mask[18, 6]
@@ -284,6 +284,38 @@ def test_a_relation_phrase_asks_for_its_reference_and_keeps_the_candidate_in_the
     every = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, regions="all")
     monkeypatch.setattr(every, "_raw_logits", fake)
     assert every.segment(image, "the mug right of the duck").mask[18, 6] and asked == ["the mug right of the duck"]
+
+
+def test_the_plain_description_adds_the_objects_the_full_phrase_missed(bundle, monkeypatch):
+    from pi_runtime.preprocess import Letterbox
+
+    full = np.full((30, 60), -5.0, np.float32)
+    full[15:21, 30:36] = 4.0      # the full phrase marks only the mug on the right
+    plain = full.copy()
+    plain[15:21, 4:10] = 2.0      # "the mug" also marks the one on the left, fainter
+    plain[15:21, 30:36] = 1.0     # and the right one fainter than the full phrase did
+    asked = []
+
+    def fake(image, phrase):
+        asked.append(phrase)
+        box = Letterbox((30, 60), (30 * seg.stride, 60 * seg.stride), (30 * seg.stride, 60 * seg.stride))
+        return (plain if phrase == "the mug" else full).copy(), box, {"text": 1.0, "image": 10.0}
+
+    image = np.zeros((30, 60, 3), np.uint8)
+    for flag in (True, False):
+        seg = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, plain_pass=flag)
+        monkeypatch.setattr(seg, "_raw_logits", fake)
+        asked.clear()
+        r = seg.segment(image, "the leftmost mug")
+        assert asked == (["the leftmost mug", "the mug"] if flag else ["the leftmost mug"])
+        assert r.mask[18, 6] == flag and r.mask[18, 32] != flag   # the left mug only with the plain pass
+        cells, _, _ = seg._phrase_cells(image, "the leftmost mug")
+        assert np.array_equal(cells, np.maximum(full, plain) if flag else full)   # cell by cell, the larger
+        asked.clear()
+        seg.segment(image, "the red mug")                         # nothing to strip: one run
+        assert asked == ["the red mug"]
+    assert Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, where_words=False) \
+        .plain_phrase("the leftmost mug") is None
 
 
 def test_in_live_mode_a_relations_reference_stays_on_the_last_frames_object(bundle, monkeypatch):

@@ -1,0 +1,65 @@
+"""The plain description: a phrase without the words that say *which one*.
+
+"the second mug from the left", "the duck farthest from me", "the biggest ball" and "the cube
+left of the duck" name an object by its kind and colour *and* single it out by place, depth, size
+or a relation. The shipped model is sure of plain descriptions ("the mug": RoboRef val colour 83,
+colour + category 79 mIoU) and unsure of the singling-out words: on about one such phrase in five
+it marks no object of the kind at all, and then no choosing among its candidates can help
+(README, "Session 18"). So the runtime also asks the model for the plain description ("the mug",
+"the duck", "the ball"; for a relation, the target's own words) and keeps, cell by cell, the
+larger of the two logits: the full phrase's own choice stays, and the objects it missed become
+candidates for the where-word, relation or category check to choose among
+(:meth:`pi_runtime.segmenter.Segmenter._result`). One more run of the image graph, on these
+phrases only.
+
+:func:`plain_description` removes ordinals ("second ... from the left", "counting from the
+right,"), places ("leftmost", "on the right", "in the middle", "at the top", "top left"), depth
+words ("nearest", "farthest from the camera", "in front", "at the back") and size words
+("biggest", "small", "tiny"), then a "that is" / "which is" left dangling.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from pi_runtime.relations import parse_relation
+
+__all__ = ["plain_description"]
+
+_WHICH_ONE = [re.compile(p, re.IGNORECASE) for p in (
+    r"\bcounting from the (?:left|right|top|bottom),?",
+    r"\bfrom the (?:left|right|top|bottom)\b",
+    r"\b(?:first|second|third|fourth|1st|2nd|3rd|4th)\b",
+    r"\b(?:(?:in|at|on) the )?(?:top|upper|bottom|lower) (?:left|right)(?: corner)?\b",
+    r"\b(?:on|at|to|in) the (?:far )?(?:left|right|top|bottom)(?: side)?\b",
+    r"\b(?:on|at) top\b",
+    r"\b(?:leftmost|rightmost|topmost|bottommost|highest|lowest)\b",
+    r"\b(?:in the )?(?:middle|centre|center)\b",
+    r"\b(?:nearest|closest|farthest|furthest)(?: (?:to|from) (?:the camera|me|us|the robot))?(?: away)?\b",
+    r"\bin (?:the )?front\b",
+    r"\bat the back\b",
+    r"\b(?:biggest|largest|smallest|big|large|small|little|tiny)\b",
+)]
+_NO_DESCRIPTION = {"the", "a", "an", "one", "that", "which", "is"}   # what is left of "the leftmost one"
+_DANGLING = re.compile(r"(?:\b(?:that|which)(?: is| are|'s)?|\bis|,)\s*$", re.IGNORECASE)
+
+
+def _strip(text: str) -> str:
+    for pattern in _WHICH_ONE:
+        text = pattern.sub(" ", text)
+    text = " ".join(text.split())
+    text = _DANGLING.sub("", text).strip()
+    return " ".join(text.lstrip(", ").split())
+
+
+@lru_cache(maxsize=64)
+def plain_description(phrase: str) -> str | None:
+    """``phrase`` without its which-one words (for a relation, the target's words without
+    them), or None when that leaves the phrase as it was or without a word. Cached: live mode
+    asks for the same phrase on every frame."""
+    relation = parse_relation(phrase)
+    plain = _strip(relation.target if relation is not None else phrase)
+    if set(plain.lower().split()) <= _NO_DESCRIPTION or plain == " ".join(phrase.split()):
+        return None
+    return plain
