@@ -10,13 +10,14 @@ by it.
 
 Only a phrase that picks its object by its own place in the frame gets a selector. A relation
 names another object ("the cube left of the duck", "the ball next to the mug", "the cube on the
-domino"), whose place the grid alone cannot give, so such phrases keep the model's own choice
-(:func:`pi_runtime.regions.best_region`), as do phrases without a where-word. So do depth words
-("nearest", "at the back") and size words ("biggest", "small"): ordering the candidates by how
-low they reach in the frame or by their area was measured to be worse than the model's own
-choice (README, "Session 15: where-words and relations"), which already favours the near, big
-object, and again with the candidates weighed by the category check first (README, "Session 17:
-the category check learns the model's own candidates").
+domino"), whose place the grid alone cannot give, so such phrases get none here
+(:mod:`pi_runtime.relations` chooses for them), and phrases without a where-word keep the model's
+own choice (:func:`pi_runtime.regions.best_region`). Depth words ("nearest", "farthest from the
+camera", "at the back") order the candidates by how low they reach in the frame, size words
+("biggest", "small") by their area. Both were measured worse than the model's own choice while
+the candidates were the full phrase's alone (README, sessions 15 and 17): the model often marks
+no object of the kind at all for such a phrase. With the plain description's candidates added
+(:mod:`pi_runtime.plain`) they are better (README, "Session 18").
 
 Candidates are the 8-connected regions of the stride-4 logit grid over the mask threshold whose
 score (:func:`pi_runtime.regions.region_scores`) is at least :data:`CANDIDATE_SHARE` of the best
@@ -64,13 +65,26 @@ _PLACES = [
     (r"\b(?:in the )?(?:middle|centre|center)\b", "centre", False),
 ]
 _PLACES = [(re.compile(p), key, desc) for p, key, desc in _PLACES]
+# Depth and size words, tried after the places (README, "Session 18"). On a camera looking down at
+# a table the nearer object reaches lower in the frame: "nearest" keeps the candidate whose lowest
+# row is lowest. "closest to the duck" names another object, not the camera: no selector.
+_DEPTH_SIZE = [
+    (r"\b(?:nearest|closest) to (?:the|a|an) (?!camera\b)", None, False),
+    (r"\b(?:nearest|closest)\b|\bin front\b", "bottom", True),
+    (r"\b(?:farthest|furthest)\b|\bat the back\b", "bottom", False),
+    (r"\b(?:biggest|largest|big|large)\b", "size", True),
+    (r"\b(?:smallest|small|little|tiny)\b", "size", False),
+]
+_DEPTH_SIZE = [(re.compile(p), key, desc) for p, key, desc in _DEPTH_SIZE]
 
 
 @dataclass(frozen=True)
 class Selector:
     """Order candidates by ``key`` (``descending`` or not) and take the one at ``rank`` (0: first).
     Keys: ``x``, ``y`` (the region's centre, 0 at the left / top), ``centre`` (distance from the
-    frame's centre), and the corners ``top left`` ... ``bottom right`` (distance from the corner)."""
+    frame's centre), the corners ``top left`` ... ``bottom right`` (distance from the corner),
+    ``bottom`` (the region's lowest row: depth words) and ``size`` (the square root of its share of
+    the frame, so that live mode's hysteresis is a share of the frame's side for it too)."""
     key: str
     descending: bool = False
     rank: int = 0
@@ -94,9 +108,9 @@ def parse_selector(phrase: str) -> Selector | None:
         word, side = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
         axis = "x" if side in ("left", "right") else "y"
         return Selector(axis, side in ("right", "bottom"), _ORDINALS[word])
-    for pattern, key, desc in _PLACES:
+    for pattern, key, desc in _PLACES + _DEPTH_SIZE:
         if pattern.search(text):
-            return Selector(key, desc)
+            return None if key is None else Selector(key, desc)
     return None
 
 
@@ -107,7 +121,9 @@ def _geometry(labels: np.ndarray, n: int, grid_hw: tuple[int, int], origin: tupl
     h, w = grid_hw
     boxes = region_boxes(labels, n, origin)
     cx, cy = boxes["cx"] / w, boxes["cy"] / h
-    keys = {"x": cx, "y": cy, "centre": np.hypot(cx - 0.5, cy - 0.5)}
+    cells = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    keys = {"x": cx, "y": cy, "centre": np.hypot(cx - 0.5, cy - 0.5), "bottom": boxes["y1"] / h,
+            "size": np.sqrt(cells / (h * w))}
     for corner in ("top left", "top right", "bottom left", "bottom right"):
         vert, horiz = corner.split()
         keys[corner] = np.hypot(cx - (0.0 if horiz == "left" else 1.0), cy - (0.0 if vert == "top" else 1.0))

@@ -20,6 +20,15 @@ from pi_runtime.spatial import Selector, parse_selector, select_region
     ("the square at the bottom right", Selector("bottom right")),
     ("green shape on top", Selector("y")),
     ("the lowest star", Selector("y", True)),
+    # depth words: how low the region reaches; size words: its area (with the plain pass's candidates)
+    ("the ball closest to me", Selector("bottom", True)),
+    ("grab the nearest can", Selector("bottom", True)),
+    ("the cup in front", Selector("bottom", True)),
+    ("the block at the back", Selector("bottom")),
+    ("can you see the domino that is farthest from the camera", Selector("bottom")),
+    ("the biggest cube", Selector("size", True)),
+    ("a small thing", Selector("size")),
+    ("the leftmost small cube", Selector("x")),            # a place word first
 ])
 def test_where_words_become_selectors(phrase, want):
     assert parse_selector(phrase) == want
@@ -32,8 +41,8 @@ def test_where_words_become_selectors(phrase, want):
     "the ball in front of the mug", "the duck behind the can", "the block next to the ring",
     "the star above the circle", "the square below the red star", "the blue circle on top of the star",
     "the cube beside the mug",
-    # depth and size words stay with the model's own choice (measured better)
-    "the ball closest to me", "grab the nearest can", "the block at the back", "the biggest cube", "a small thing",
+    # "closest to" another object is no depth word
+    "the ball closest to the duck", "the cube nearest to a mug",
 ])
 def test_phrases_without_a_where_word_of_their_own_get_none(phrase):
     assert parse_selector(phrase) is None
@@ -59,6 +68,18 @@ def test_selection_orders_candidates_by_place(selector, column):
     grid = _three_blobs()
     assert _kept_column(best_region(grid, 0.0)) == 16              # the model's own choice: the brightest
     assert _kept_column(best_region(grid, 0.0, pick=selector.pick)) == column
+
+
+def test_depth_words_order_by_the_lowest_row_and_size_words_by_area():
+    grid = np.full((30, 40), -5.0, np.float32)
+    grid[2:6, 2:6] = 4.0        # high in the frame (far), small: the model's own choice
+    grid[10:20, 16:26] = 2.0    # big, in the middle
+    grid[24:28, 30:34] = 3.5    # low in the frame (near), small
+    assert _kept_column(best_region(grid, 0.0)) == 2
+    assert _kept_column(best_region(grid, 0.0, pick=parse_selector("the nearest cube").pick)) == 30
+    assert _kept_column(best_region(grid, 0.0, pick=parse_selector("the cube at the back").pick)) == 2
+    assert _kept_column(best_region(grid, 0.0, pick=parse_selector("the biggest cube").pick)) == 16
+    assert _kept_column(best_region(grid, 0.0, pick=parse_selector("the small cube").pick)) in (2, 30)
 
 
 def test_a_faint_region_is_no_candidate_and_a_rank_past_the_candidates_keeps_the_best():
