@@ -68,9 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-where-words", dest="where_words", action="store_false",
                     help="with --regions best: keep the region the model is surest of even when the phrase says "
                          "where its object is (default: 'leftmost', 'second from the right', 'in the middle' "
-                         "choose among the candidate regions by place, and 'left of the duck' asks for the duck "
+                         "choose among the candidate regions by place, 'nearest' / 'farthest' by how low they reach "
+                         "in the frame, 'biggest' / 'small' by area, and 'left of the duck' asks for the duck "
                          "alone and keeps the candidate left of it; README, 'Session 15: where-words and "
-                         "relations')")
+                         "relations', 'Session 18')")
     ap.add_argument("--no-category-check", dest="category_check", action="store_false",
                     help="with --regions best: do not ask the bundle's crop classifier which candidate region is "
                          "of the category the phrase names (default, where the bundle has one: candidates are "
