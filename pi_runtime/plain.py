@@ -24,22 +24,24 @@ import re
 from functools import lru_cache
 
 from pi_runtime.relations import parse_relation
+from pi_runtime.spatial import DEPTH_WORDS, ORDINALS, SIZE_WORDS, any_word
 
 __all__ = ["plain_description"]
 
 _WHICH_ONE = [re.compile(p, re.IGNORECASE) for p in (
     r"\bcounting from the (?:left|right|top|bottom),?",
     r"\bfrom the (?:left|right|top|bottom)\b",
-    r"\b(?:first|second|third|fourth|1st|2nd|3rd|4th)\b",
+    rf"\b{any_word(ORDINALS)}\b",
     r"\b(?:(?:in|at|on) the )?(?:top|upper|bottom|lower) (?:left|right)(?: corner)?\b",
     r"\b(?:on|at|to|in) the (?:far )?(?:left|right|top|bottom)(?: side)?\b",
     r"\b(?:on|at) top\b",
     r"\b(?:leftmost|rightmost|topmost|bottommost|highest|lowest)\b",
     r"\b(?:in the )?(?:middle|centre|center)\b",
-    r"\b(?:nearest|closest|farthest|furthest)(?: (?:to|from) (?:the camera|me|us|the robot))?(?: away)?\b",
+    rf"\b{any_word(DEPTH_WORDS['near'] + DEPTH_WORDS['far'])}(?: (?:to|from) (?:the camera|me|us|the robot))?"
+    r"(?: away)?\b",
     r"\bin (?:the )?front\b",
     r"\bat the back\b",
-    r"\b(?:biggest|largest|smallest|big|large|small|little|tiny)\b",
+    rf"\b{any_word(SIZE_WORDS['big'] + SIZE_WORDS['small'])}\b",
 )]
 _NO_DESCRIPTION = {"the", "a", "an", "one", "that", "which", "is"}   # what is left of "the leftmost one"
 _DANGLING = re.compile(r"(?:\b(?:that|which)(?: is| are|'s)?|\bis|,)\s*$", re.IGNORECASE)

@@ -45,7 +45,17 @@ CANDIDATE_SHARE = 0.5
 # side) is within this of the picked one's (README, "Session 15: where-words and relations").
 HYSTERESIS = 0.05
 
-_ORDINALS = {"first": 0, "1st": 0, "second": 1, "2nd": 1, "third": 2, "3rd": 2, "fourth": 3, "4th": 3}
+ORDINALS = {"first": 0, "1st": 0, "second": 1, "2nd": 1, "third": 2, "3rd": 2, "fourth": 3, "4th": 3}
+# The ordinal (above), depth and size words, shared with pi_runtime.plain, which drops them from a phrase.
+DEPTH_WORDS = {"near": ("nearest", "closest"), "far": ("farthest", "furthest")}
+SIZE_WORDS = {"big": ("biggest", "largest", "big", "large"), "small": ("smallest", "small", "little", "tiny")}
+
+
+def any_word(words) -> str:
+    """A non-capturing regex alternative of ``words``."""
+    return "(?:" + "|".join(re.escape(w) for w in words) + ")"
+
+
 # A relation points at another object: no selector. "on the left/right/top/bottom" and "on the
 # table" are places; "on the domino" / "on top of the box" are relations.
 _RELATION = re.compile(
@@ -69,11 +79,11 @@ _PLACES = [(re.compile(p), key, desc) for p, key, desc in _PLACES]
 # a table the nearer object reaches lower in the frame: "nearest" keeps the candidate whose lowest
 # row is lowest. "closest to the duck" names another object, not the camera: no selector.
 _DEPTH_SIZE = [
-    (r"\b(?:nearest|closest) to (?:the|a|an) (?!camera\b)", None, False),
-    (r"\b(?:nearest|closest)\b|\bin front\b", "bottom", True),
-    (r"\b(?:farthest|furthest)\b|\bat the back\b", "bottom", False),
-    (r"\b(?:biggest|largest|big|large)\b", "size", True),
-    (r"\b(?:smallest|small|little|tiny)\b", "size", False),
+    (rf"\b{any_word(DEPTH_WORDS['near'])} to (?:the|a|an) (?!camera\b)", None, False),
+    (rf"\b{any_word(DEPTH_WORDS['near'])}\b|\bin front\b", "bottom", True),
+    (rf"\b{any_word(DEPTH_WORDS['far'])}\b|\bat the back\b", "bottom", False),
+    (rf"\b{any_word(SIZE_WORDS['big'])}\b", "size", True),
+    (rf"\b{any_word(SIZE_WORDS['small'])}\b", "size", False),
 ]
 _DEPTH_SIZE = [(re.compile(p), key, desc) for p, key, desc in _DEPTH_SIZE]
 
@@ -107,7 +117,7 @@ def parse_selector(phrase: str) -> Selector | None:
     if m:
         word, side = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
         axis = "x" if side in ("left", "right") else "y"
-        return Selector(axis, side in ("right", "bottom"), _ORDINALS[word])
+        return Selector(axis, side in ("right", "bottom"), ORDINALS[word])
     for pattern, key, desc in _PLACES + _DEPTH_SIZE:
         if pattern.search(text):
             return None if key is None else Selector(key, desc)
