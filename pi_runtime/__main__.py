@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "of the duck' is also run as 'the mug', 'the duck', 'the cube' and the larger logit kept, "
                          "so objects the full phrase missed are candidates too: one more image-graph run for such "
                          "phrases; README, 'Session 18')")
+    ap.add_argument("--no-grow", dest="grow", action="store_false",
+                    help="with --regions best: keep the chosen region as the threshold cuts it (default: it also "
+                         "takes in the cells joined to it a little under the threshold, unless that would join it to "
+                         "another candidate: the model often marks only the surest part of an object; README, "
+                         "'Session 19')")
     ap.add_argument("--no-sticky", dest="sticky", action="store_false",
                     help="live, with --regions best: choose each frame's region afresh (default: stay on the object "
                          "kept on the last frame unless another scores clearly higher; README, 'Live mode')")
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side, args.backend,
                                     regions=args.regions, flip_average=args.flip_average,
                                     where_words=args.where_words, category_check=args.category_check,
-                                    plain_pass=args.plain_pass)
+                                    plain_pass=args.plain_pass, grow=args.grow)
     except (BundleError, BackendUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -192,7 +197,7 @@ def run_live(args) -> int:
         seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side, args.backend,
                                     regions=args.regions, flip_average=args.flip_average,
                                     where_words=args.where_words, category_check=args.category_check,
-                                    plain_pass=args.plain_pass)
+                                    plain_pass=args.plain_pass, grow=args.grow)
     except (BundleError, BackendUnavailable, ValueError) as exc:
         source.close()
         print(f"error: {exc}", file=sys.stderr)

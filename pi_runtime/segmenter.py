@@ -28,7 +28,7 @@ from pi_runtime.phrases import PhraseError, check_phrase, mirror_phrase
 from pi_runtime.plain import plain_description
 from pi_runtime.precision import cpu_has_int8_dot
 from pi_runtime.preprocess import letterbox, letterbox_into, load_image, to_rgb_array
-from pi_runtime.regions import REGION_MODES, RegionTrack, best_region
+from pi_runtime.regions import GROW_MARGIN, REGION_MODES, RegionTrack, best_region, grow_region
 from pi_runtime.relations import choose_related, parse_relation
 from pi_runtime.spatial import parse_selector
 
@@ -158,7 +158,7 @@ class Segmenter:
     def __init__(self, bundle: str | Path, precision: str = "auto", threads: int | None = None,
                  long_side: int | None = None, backend: str = "auto", regions: str = "best",
                  flip_average: bool = False, where_words: bool = True, category_check: bool = True,
-                 plain_pass: bool = True):
+                 plain_pass: bool = True, grow: bool = True):
         from tokenizers import Tokenizer
 
         if regions not in REGION_MODES:
@@ -176,6 +176,9 @@ class Segmenter:
         # larger logit of the two kept cell by cell, so objects the full phrase missed are
         # candidates too (pi_runtime.plain; README, "Session 18"): one more image-graph run.
         self.plain_pass = bool(plain_pass)
+        # With regions="best": the kept region takes in the cells joined to it a little under the
+        # threshold (pi_runtime.regions.grow_region; README, "Session 19"); 0 keeps it as cut.
+        self.grow_margin = GROW_MARGIN if grow else 0.0
 
         self.bundle = Path(bundle)
         self.manifest = load_manifest(self.bundle)
@@ -340,7 +343,7 @@ class Segmenter:
     def from_bundle(cls, path: str | Path | None = None, precision: str = "auto", threads: int | None = None,
                     long_side: int | None = None, backend: str = "auto", regions: str = "best",
                     flip_average: bool = False, where_words: bool = True, category_check: bool = True,
-                    plain_pass: bool = True):
+                    plain_pass: bool = True, grow: bool = True):
         """``path=None`` loads the bundle shipped inside the package; ``long_side`` overrides the
         bundle's input size (e.g. 320 on a Pi 4: about 4x faster, less exact; ONNX graphs only);
         ``backend``: ``auto``, ``onnxruntime`` or ``litert`` (:func:`choose_backend`); ``regions``:
@@ -352,13 +355,15 @@ class Segmenter:
         ``best``, the bundle's crop classifier (where it has one) weighs the candidates by the
         category the phrase names (:mod:`pi_runtime.categories`); ``plain_pass``: with ``best`` and
         ``where_words``, a phrase with where-, depth- or size-words or a relation is also run as
-        its plain description and the larger logit kept (:mod:`pi_runtime.plain`)."""
+        its plain description and the larger logit kept (:mod:`pi_runtime.plain`); ``grow``: with
+        ``best``, the kept region takes in the cells joined to it over the threshold less
+        :data:`pi_runtime.regions.GROW_MARGIN` (:func:`pi_runtime.regions.grow_region`)."""
         if path is None:
             path = default_bundle_dir()
             if not (path / "manifest.json").is_file():
                 raise BundleError(f"{path}: this install has no bundled default model; pass a bundle directory")
         return cls(Path(path), precision, threads, long_side, backend, regions, flip_average, where_words,
-                   category_check, plain_pass)
+                   category_check, plain_pass, grow)
 
     def tokenize(self, phrase: str) -> tuple[np.ndarray, np.ndarray]:
         """``(input_ids, attention_mask)`` int64 ``[1, L]`` (``L = max_tokens`` for the static LiteRT
@@ -562,6 +567,9 @@ class Segmenter:
                 keep = np.zeros_like(keep)
                 if track is not None:
                     track.forget()
+            grown = grow_region(cells, keep, self._threshold_logit, self.grow_margin) if self.grow_margin else None
+            if grown is not None:  # the object's less sure cells too (pi_runtime.regions.GROW_MARGIN)
+                keep, mask = grown, logits >= self._threshold_logit - self.grow_margin
             self._keep_only(mask, keep, box)
         bbox = centroid = None
         if mask.any():

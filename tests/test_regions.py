@@ -5,7 +5,8 @@ from collections import deque
 import numpy as np
 import pytest
 
-from pi_runtime.regions import SIZE_POWER, STICKY_BONUS, RegionTrack, best_region, grow, label_regions
+from pi_runtime.regions import (GROW_MARGIN, SIZE_POWER, STICKY_BONUS, RegionTrack, best_region, grow, grow_region,
+                                label_regions)
 
 
 def _flood_fill_labels(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -113,6 +114,54 @@ def test_grow_equals_a_plain_square_dilation(reach):
         for y, x in zip(*np.nonzero(mask)):
             want[max(0, y - reach): y + reach + 1, max(0, x - reach): x + reach + 1] = True
         assert np.array_equal(grow(mask, reach), want), (shape, reach)
+
+
+def test_grow_region_takes_in_the_rim_over_threshold_less_the_margin_only():
+    logits = np.full((12, 20), -5.0)
+    logits[3:9, 3:9] = -GROW_MARGIN / 2      # the object's less sure rim
+    logits[5:7, 5:7] = 3.0                     # its surest cells: the region the threshold cut
+    logits[3:9, 14:17] = -GROW_MARGIN * 2      # a rim further under: not taken in
+    logits[5:7, 15] = 3.0
+    keep = np.zeros_like(logits, bool)
+    keep[5:7, 5:7] = True
+    want = np.zeros_like(keep)
+    want[3:9, 3:9] = True
+    assert np.array_equal(grow_region(logits, keep, 0.0), want)
+    keep = np.zeros_like(keep)
+    keep[5:7, 15] = True
+    assert np.array_equal(grow_region(logits, keep, 0.0), keep)     # nothing within the margin
+    assert grow_region(logits, np.zeros_like(keep), 0.0) is None       # nothing kept, nothing to grow
+    assert grow_region(np.full((4, 4), -9.0), keep[:4, :4], 0.0) is None
+
+
+def test_grow_region_never_joins_the_kept_region_to_another_candidate():
+    logits = np.full((10, 24), -5.0)
+    logits[4:6, 2:20] = -0.5                   # a faint bridge between two objects
+    logits[3:7, 2:6] = 2.0
+    logits[3:7, 16:20] = 4.0
+    keep = np.zeros_like(logits, bool)
+    keep[3:7, 16:20] = True
+    assert grow_region(logits, keep, 0.0) is None
+    assert np.array_equal(grow_region(logits, keep, 0.0, margin=0.25), keep)   # the bridge is under this one
+
+
+def test_grow_region_is_the_flood_fill_of_the_low_mask_from_the_kept_region():
+    outcomes = set()
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        logits = rng.normal(-2.0, 1.0, (15, 21))
+        logits[7, 10] = 2.0
+        high, _ = _flood_fill_labels(logits >= 0)
+        keep = high == high[7, 10]                       # the region the threshold cut
+        low, _ = _flood_fill_labels(logits >= -GROW_MARGIN)
+        want = low == low[7, 10]
+        got = grow_region(logits, keep, 0.0)
+        joins_another = bool(((logits >= 0) & want & ~keep).any())
+        assert (got is None) == joins_another, seed
+        if got is not None:
+            assert np.array_equal(got, want), seed
+        outcomes.add(got is None)
+    assert outcomes == {True, False}                     # both cases came up
 
 
 def _left_right_blobs(a_mean: float, b_mean: float, shift: int = 0) -> np.ndarray:

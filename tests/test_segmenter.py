@@ -128,6 +128,24 @@ def test_best_region_mode_at_full_resolution_keeps_the_kept_cells_pixels(seg, bu
     assert r_best.mask.sum() == r_all.mask[120 * 12 // gh:, 160 * 17 // gw:].sum()
 
 
+def test_the_kept_region_grows_into_its_rim_unless_turned_off(bundle, monkeypatch):
+    """The cut region takes in the cells joined to it over the threshold less GROW_MARGIN, and
+    those cells' pixels come into the mask; with grow=False the mask is the cut region's."""
+    from pi_runtime.regions import GROW_MARGIN
+
+    logits = np.full((40, 60), -6.0, np.float32)
+    logits[8:22, 28:52] = -GROW_MARGIN / 2     # the object's less sure part
+    logits[12:18, 34:46] = 4.0                  # the part the model is sure of
+    logits[25:35, 5:15] = 2.0                   # another candidate, away from it
+    results = {}
+    for flag in (True, False):
+        s = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, grow=flag)
+        results[flag] = s.segment(_fake_grid(s, monkeypatch, logits), "x")
+    assert results[True].bbox == (28, 8, 52, 22) and results[True].mask.sum() == 14 * 24
+    assert results[False].bbox == (34, 12, 46, 18) and results[False].mask.sum() == 6 * 12
+    assert not results[True].mask[25:35, 5:15].any()
+
+
 def test_text_tensors_are_cached(seg, monkeypatch):
     calls = []
     run = seg._text.run
