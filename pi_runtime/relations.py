@@ -20,6 +20,10 @@ grid gives exactly:
 
 Among the candidates that satisfy the relation, the one the model is surest of is kept; when
 none does, or the reference is not found, the model's own choice stands.
+
+The reference object is not the target: its region's cells are taken out of the target's logits
+first (:func:`without_reference`), so a target the model marked as one region with its reference
+(touching, or stacked on it) becomes a candidate of its own (README, "Session 19").
 """
 
 from __future__ import annotations
@@ -32,13 +36,17 @@ import numpy as np
 
 from pi_runtime.regions import region_boxes
 
-__all__ = ["Relation", "parse_relation", "choose_related", "RELATED_SHARE"]
+__all__ = ["Relation", "parse_relation", "choose_related", "without_reference", "RELATED_SHARE", "NOT_THERE"]
 
 # A region is a candidate for the relation when its score is at least this share of the best
 # region's. Chosen among 0.1, 0.25, 0.5 on the relation phrases of the first 400 scenes of each
 # val set, confirmed on the other 600 and on RoboRef test (README, "Session 15: where-words and
 # relations").
 RELATED_SHARE = 0.25
+
+# The logit the reference's cells get in the target's grid (:func:`without_reference`): far under
+# any threshold, and inside the clip the runtime applies before the sigmoid.
+NOT_THERE = -60.0
 
 # relation word (longest first, so "to the left of" is not read as "left of") -> relation
 _WORDS = [("on the left of", "left of"), ("on the right of", "right of"), ("to the left of", "left of"),
@@ -81,6 +89,14 @@ def parse_relation(phrase: str) -> Relation | None:
             ref = " ".join(words)
         return Relation(_REL[word], before, ref)
     return None
+
+
+def without_reference(cells: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
+    """The target's stride-grid logits with the reference's region (a bool map of the same grid)
+    set to :data:`NOT_THERE`; ``cells`` itself when there is no reference region."""
+    if reference is None or reference.shape != cells.shape or not reference.any():
+        return cells
+    return np.where(reference, np.float32(NOT_THERE), cells).astype(cells.dtype, copy=False)
 
 
 def _reference_box(ref: np.ndarray) -> dict[str, float]:

@@ -29,7 +29,7 @@ from pi_runtime.plain import plain_description
 from pi_runtime.precision import cpu_has_int8_dot
 from pi_runtime.preprocess import letterbox, letterbox_into, load_image, to_rgb_array
 from pi_runtime.regions import GROW_MARGIN, REGION_MODES, RegionTrack, best_region, grow_region
-from pi_runtime.relations import choose_related, parse_relation
+from pi_runtime.relations import choose_related, parse_relation, without_reference
 from pi_runtime.spatial import parse_selector
 
 __all__ = ["Segmenter", "Result", "session_options", "cpu_has_int8_dot", "PhraseError", "choose_backend", "BACKENDS"]
@@ -543,9 +543,11 @@ class Segmenter:
                            image: np.ndarray | None = None) -> Result:
         """The :class:`Result` of stride-grid logits (:meth:`_raw_logits`): an evaluation can
         compute a frame's logits once and apply several region rules to them. ``reference``: for a
-        relation phrase, the reference object's region on the same grid (:meth:`_result`);
+        relation phrase, the reference object's region on the same grid (:meth:`_result`), whose
+        cells the target's candidates lose (:func:`pi_runtime.relations.without_reference`);
         ``image``: the frame, for the category check (none without it)."""
         t0 = time.perf_counter()
+        cells = without_reference(cells, reference)
         logits = self._to_image(cells, box)
         prob = 1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))  # no overflow warning on confident pixels
         mask = prob >= self.threshold

@@ -1,10 +1,12 @@
 """pi_runtime.relations: relation phrases split into target and reference, and the region kept."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 
 from pi_runtime.regions import best_region, region_scores
-from pi_runtime.relations import Relation, choose_related, parse_relation
+from pi_runtime.relations import NOT_THERE, Relation, choose_related, parse_relation, without_reference
 
 
 @pytest.mark.parametrize("phrase, want", [
@@ -111,3 +113,33 @@ def test_live_mode_prefers_the_last_frames_candidate_among_those_in_the_relation
     assert pick() == 34                                           # B, the surest right of R
     assert pick(preferred=preferred, bonus=1.5) == 40             # D stays: within the bonus
     assert pick(preferred=preferred, bonus=1.05) == 34
+
+
+def test_without_reference_clears_the_references_cells_only():
+    cells = np.arange(12, dtype=np.float32).reshape(3, 4)
+    ref = np.zeros((3, 4), bool)
+    ref[1, 1:3] = True
+    out = without_reference(cells, ref)
+    assert out.dtype == np.float32 and np.all(out[ref] == NOT_THERE)
+    assert np.array_equal(out[~ref], cells[~ref]) and cells[1, 1] == 5.0     # the input is not changed
+    assert without_reference(cells, None) is cells
+    assert without_reference(cells, np.zeros((3, 4), bool)) is cells
+    assert without_reference(cells, np.ones((2, 2), bool)) is cells          # another grid: no reference
+
+
+def test_a_target_merged_with_its_reference_becomes_a_candidate_of_its_own():
+    """A cube stacked on a domino, marked as one region with it: without the domino's cells the
+    cube is a region of its own, and "on" keeps it, not the other cube."""
+    cells = np.full((20, 30), -5.0, np.float32)
+    cells[10:16, 4:14] = 3.0     # the domino
+    cells[6:10, 6:11] = 3.0      # the cube on it, touching: one region with the domino
+    cells[12:16, 20:25] = 4.0    # another cube, on the table
+    domino = np.zeros_like(cells, bool)
+    domino[10:16, 4:14] = True
+    rel = partial(choose_related, relation="on", reference=domino)
+    merged = best_region(cells, 0.0, pick=rel)
+    assert merged[12, 8] and merged[8, 8]                    # merged: the mask takes the domino with the cube
+    kept = best_region(without_reference(cells, domino), 0.0, pick=rel)
+    want = np.zeros_like(kept)
+    want[6:10, 6:11] = True
+    assert np.array_equal(kept, want)
