@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the runtime's --no-category-check: do not weigh candidates by the bundle's crop classifier")
     ap.add_argument("--no-plain-pass", dest="plain_pass", action="store_false",
                     help="the runtime's --no-plain-pass: do not also run the phrase's plain description")
+    ap.add_argument("--no-generic-pass", dest="generic_pass", action="store_false",
+                    help="the runtime's --no-generic-pass: do not also run the phrase's generic description")
     ap.add_argument("--no-grow", dest="grow", action="store_false",
                     help="the runtime's --no-grow: keep the chosen region as the threshold cuts it")
     ap.add_argument("--bonus", type=float, nargs="+", default=[1.5],
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, where_words=args.where_words,
                                 category_check=args.category_check, plain_pass=args.plain_pass,
-                                grow=args.grow)
+                                grow=args.grow, generic_pass=args.generic_pass)
     rules = {"fresh": None, **{f"sticky x{b:g}": b for b in args.bonus}}
     tallies = evaluate_sequences(seg, args.n, args.frames, args.sweep_deg, rules, start=args.start)
     print(json.dumps({"args": vars(args), **{name: t.summary() for name, t in tallies.items()}}, indent=1))

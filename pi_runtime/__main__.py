@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "of the duck' is also run as 'the mug', 'the duck', 'the cube' and the larger logit kept, "
                          "so objects the full phrase missed are candidates too: one more image-graph run for such "
                          "phrases; README, 'Session 18')")
+    ap.add_argument("--no-generic-pass", dest="generic_pass", action="store_false",
+                    help="with the bundle's category check: do not also run a phrase naming a category as its generic "
+                         "description (default: 'the white duck' is also run as 'the white thing', 'the leftmost mug' "
+                         "as 'the thing', the larger logit kept, and the category check tells the duck or the mug "
+                         "among the things: one more image-graph run for such phrases, in place of the plain "
+                         "description's; README, 'Session 19')")
     ap.add_argument("--no-grow", dest="grow", action="store_false",
                     help="with --regions best: keep the chosen region as the threshold cuts it (default: it also "
                          "takes in the cells joined to it a little under the threshold, unless that would join it to "
@@ -149,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side, args.backend,
                                     regions=args.regions, flip_average=args.flip_average,
                                     where_words=args.where_words, category_check=args.category_check,
-                                    plain_pass=args.plain_pass, grow=args.grow)
+                                    plain_pass=args.plain_pass, grow=args.grow,
+                                    generic_pass=args.generic_pass)
     except (BundleError, BackendUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -197,7 +204,8 @@ def run_live(args) -> int:
         seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side, args.backend,
                                     regions=args.regions, flip_average=args.flip_average,
                                     where_words=args.where_words, category_check=args.category_check,
-                                    plain_pass=args.plain_pass, grow=args.grow)
+                                    plain_pass=args.plain_pass, grow=args.grow,
+                                    generic_pass=args.generic_pass)
     except (BundleError, BackendUnavailable, ValueError) as exc:
         source.close()
         print(f"error: {exc}", file=sys.stderr)

@@ -25,7 +25,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-__all__ = ["CROP", "MARGIN", "MAX_ASKED", "phrase_category", "crop_box", "crop_input", "asked_regions", "region_cells",
+__all__ = ["CROP", "MARGIN", "MAX_ASKED", "noun_match", "phrase_category", "crop_box", "crop_input", "asked_regions", "region_cells",
            "CategoryCheck"]
 
 CROP = 64          # classifier input side, pixels
@@ -48,9 +48,14 @@ def _noun_pattern(nouns: tuple[str, ...]):
     return re.compile(rf"\b({alternatives})s?\b", re.IGNORECASE)
 
 
+def noun_match(text: str, nouns: tuple[str, ...]) -> re.Match | None:
+    """Where the first of ``nouns`` (or its plural) stands in ``text``, as a match, or None."""
+    return _noun_pattern(nouns).search(text)
+
+
 def phrase_category(text: str, nouns: dict[str, list[str]]) -> str | None:
     """The first category noun of ``text`` among ``nouns`` (noun -> classes), or None."""
-    m = _noun_pattern(tuple(nouns)).search(text)
+    m = noun_match(text, tuple(nouns))
     return m.group(1).lower() if m else None
 
 

@@ -16,6 +16,14 @@ phrases only.
 right,"), places ("leftmost", "on the right", "in the middle", "at the top", "top left"), depth
 words ("nearest", "farthest from the camera", "in front", "at the back") and size words
 ("biggest", "small", "tiny"), then a "that is" / "which is" left dangling.
+
+The generic description goes one step further where the bundle has a category check: the plain
+description with its category noun made "thing" ("the white duck" -> "the white thing", "the
+leftmost mug" -> "the thing"). The model reads colours far better than categories, so "the white
+thing" marks the white duck where "the white duck" often marks nothing or another object; the
+category check (:mod:`pi_runtime.categories`) then tells the duck among the things. Where a
+phrase has one, it is run instead of the plain description (:func:`generic_description`;
+README, "Session 19").
 """
 
 from __future__ import annotations
@@ -23,10 +31,13 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from pi_runtime.categories import noun_match
 from pi_runtime.relations import parse_relation
 from pi_runtime.spatial import DEPTH_WORDS, ORDINALS, SIZE_WORDS, any_word
 
-__all__ = ["plain_description"]
+__all__ = ["plain_description", "generic_description", "GENERIC_NOUN"]
+
+GENERIC_NOUN = "thing"   # RoboRef's own word for an object of any kind ("the yellow thing")
 
 _WHICH_ONE = [re.compile(p, re.IGNORECASE) for p in (
     r"\bcounting from the (?:left|right|top|bottom),?",
@@ -65,3 +76,14 @@ def plain_description(phrase: str) -> str | None:
     if set(plain.lower().split()) <= _NO_DESCRIPTION or plain == " ".join(phrase.split()):
         return None
     return plain
+
+
+def generic_description(phrase: str, nouns) -> str | None:
+    """The plain description of ``phrase`` (the phrase itself where it has none) with its first
+    category noun among ``nouns`` replaced by :data:`GENERIC_NOUN`, or None when it names no
+    category: "the second white mug from the left" -> "the white thing"."""
+    text = plain_description(phrase) or " ".join(phrase.split())
+    m = noun_match(text, tuple(nouns))
+    if m is None:
+        return None
+    return text[:m.start()] + GENERIC_NOUN + text[m.end():]

@@ -25,7 +25,7 @@ from pi_runtime.bundle import BundleError, check_files, check_graph_io, load_man
 from pi_runtime.categories import CategoryCheck, phrase_category
 from pi_runtime.litert import interpreter_package
 from pi_runtime.phrases import PhraseError, check_phrase, mirror_phrase
-from pi_runtime.plain import plain_description
+from pi_runtime.plain import generic_description, plain_description
 from pi_runtime.precision import cpu_has_int8_dot
 from pi_runtime.preprocess import letterbox, letterbox_into, load_image, to_rgb_array
 from pi_runtime.regions import GROW_MARGIN, REGION_MODES, RegionTrack, best_region, grow_region
@@ -158,7 +158,7 @@ class Segmenter:
     def __init__(self, bundle: str | Path, precision: str = "auto", threads: int | None = None,
                  long_side: int | None = None, backend: str = "auto", regions: str = "best",
                  flip_average: bool = False, where_words: bool = True, category_check: bool = True,
-                 plain_pass: bool = True, grow: bool = True):
+                 plain_pass: bool = True, grow: bool = True, generic_pass: bool = True):
         from tokenizers import Tokenizer
 
         if regions not in REGION_MODES:
@@ -176,6 +176,10 @@ class Segmenter:
         # larger logit of the two kept cell by cell, so objects the full phrase missed are
         # candidates too (pi_runtime.plain; README, "Session 18"): one more image-graph run.
         self.plain_pass = bool(plain_pass)
+        # With the category check: a phrase naming a category is also run as its generic
+        # description ("the white duck" -> "the white thing"), instead of the plain one, and the
+        # check tells the duck among the things (pi_runtime.plain; README, "Session 19").
+        self.generic_pass = bool(generic_pass)
         # With regions="best": the kept region takes in the cells joined to it a little under the
         # threshold (pi_runtime.regions.grow_region; README, "Session 19"); 0 keeps it as cut.
         self.grow_margin = GROW_MARGIN if grow else 0.0
@@ -343,7 +347,7 @@ class Segmenter:
     def from_bundle(cls, path: str | Path | None = None, precision: str = "auto", threads: int | None = None,
                     long_side: int | None = None, backend: str = "auto", regions: str = "best",
                     flip_average: bool = False, where_words: bool = True, category_check: bool = True,
-                    plain_pass: bool = True, grow: bool = True):
+                    plain_pass: bool = True, grow: bool = True, generic_pass: bool = True):
         """``path=None`` loads the bundle shipped inside the package; ``long_side`` overrides the
         bundle's input size (e.g. 320 on a Pi 4: about 4x faster, less exact; ONNX graphs only);
         ``backend``: ``auto``, ``onnxruntime`` or ``litert`` (:func:`choose_backend`); ``regions``:
@@ -355,7 +359,9 @@ class Segmenter:
         ``best``, the bundle's crop classifier (where it has one) weighs the candidates by the
         category the phrase names (:mod:`pi_runtime.categories`); ``plain_pass``: with ``best`` and
         ``where_words``, a phrase with where-, depth- or size-words or a relation is also run as
-        its plain description and the larger logit kept (:mod:`pi_runtime.plain`); ``grow``: with
+        its plain description and the larger logit kept (:mod:`pi_runtime.plain`); ``generic_pass``:
+        with the category check, a phrase naming a category is run as its generic description
+        ("the white thing") instead of the plain one (:func:`pi_runtime.plain.generic_description`); ``grow``: with
         ``best``, the kept region takes in the cells joined to it over the threshold less
         :data:`pi_runtime.regions.GROW_MARGIN` (:func:`pi_runtime.regions.grow_region`)."""
         if path is None:
@@ -363,7 +369,7 @@ class Segmenter:
             if not (path / "manifest.json").is_file():
                 raise BundleError(f"{path}: this install has no bundled default model; pass a bundle directory")
         return cls(Path(path), precision, threads, long_side, backend, regions, flip_average, where_words,
-                   category_check, plain_pass, grow)
+                   category_check, plain_pass, grow, generic_pass)
 
     def tokenize(self, phrase: str) -> tuple[np.ndarray, np.ndarray]:
         """``(input_ids, attention_mask)`` int64 ``[1, L]`` (``L = max_tokens`` for the static LiteRT
@@ -461,15 +467,15 @@ class Segmenter:
         return out, timings
 
     def _phrase_cells(self, image: np.ndarray, phrase: str):
-        """:meth:`_raw_logits` of the phrase, cell by cell the larger of them and its plain
-        description's where the runtime runs one (:meth:`plain_phrase`): the logits its regions
+        """:meth:`_raw_logits` of the phrase, cell by cell the larger of them and those of the one
+        more description the runtime runs for it (:meth:`second_phrase`): the logits its regions
         are chosen from."""
         cells, box, timings = self._raw_logits(image, phrase)
-        plain = self.plain_phrase(phrase)
-        if plain is not None:  # the plain description's objects become candidates too
-            plain_cells, _, plain_timings = self._raw_logits(image, plain)
-            cells = np.maximum(cells, plain_cells)
-            for key, ms in plain_timings.items():
+        second = self.second_phrase(phrase)
+        if second is not None:  # the objects the phrase itself missed become candidates too
+            second_cells, _, second_timings = self._raw_logits(image, second)
+            cells = np.maximum(cells, second_cells)
+            for key, ms in second_timings.items():
                 timings[key] += ms
         return cells, box, timings
 
@@ -487,6 +493,18 @@ class Segmenter:
         if not (self.plain_pass and self.where_words and self.regions == "best"):
             return None
         return plain_description(phrase)
+
+    def generic_phrase(self, phrase: str) -> str | None:
+        """The generic description the runtime also runs for ``phrase`` (``generic_pass``, with
+        the category check; :func:`pi_runtime.plain.generic_description`), or None."""
+        if not self.generic_pass or self.category_check is None:
+            return None
+        return generic_description(phrase, self.category_check.nouns)
+
+    def second_phrase(self, phrase: str) -> str | None:
+        """What the runtime runs beside ``phrase``: its generic description where it has one, else
+        its plain description, else nothing (None)."""
+        return self.generic_phrase(phrase) or self.plain_phrase(phrase)
 
     def _reference_cells(self, image: np.ndarray, phrase: str):
         """For a relation phrase ("the mug left of the duck"; with ``where_words`` and regions

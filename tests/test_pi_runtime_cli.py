@@ -114,7 +114,7 @@ def test_regions_flag_reaches_the_segmenter_and_bad_values_are_refused(bundle, p
     monkeypatch.setattr(cli.Segmenter, "from_bundle",
                         lambda *a, **k: made.append(k.get("regions")) or real(*a, **k))
     image = str(photos / "rgb.jpg")
-    assert _run(bundle, "--input", image, "--text", "cup", "--output", str(tmp_path / "a")) == 0
+    assert _run(bundle, "--input", image, "--text", "cup", "--output", str(tmp_path / "a"), "--no-grow") == 0
     assert _run(bundle, "--input", image, "--text", "cup", "--output", str(tmp_path / "b"), "--regions", "all") == 0
     assert made == ["best", "all"]
     best, every = (np.asarray(Image.open(tmp_path / d / "rgb.png")) > 0 for d in ("a", "b"))
@@ -130,6 +130,13 @@ def test_regions_flag_reaches_the_segmenter_and_bad_values_are_refused(bundle, p
     assert _run(bundle, "--input", image, "--text", "cup", "--output", str(tmp_path / "f"), "--no-where-words") == 0
     assert _run(bundle, "--input", image, "--text", "cup", "--output", str(tmp_path / "g")) == 0
     assert where == [False, True]
+    switches = []
+    monkeypatch.setattr(cli.Segmenter, "from_bundle",
+                        lambda *a, **k: switches.append((k.get("grow"), k.get("generic_pass"))) or real(*a, **k))
+    assert _run(bundle, "--input", image, "--text", "cup", "--output", str(tmp_path / "h"), "--no-grow",
+                "--no-generic-pass") == 0
+    assert _run(bundle, "--input", image, "--text", "cup", "--output", str(tmp_path / "i")) == 0
+    assert switches == [(False, False), (True, True)]
     with pytest.raises(SystemExit) as exc:
         _run(bundle, "--input", image, "--text", "cup", "--output", str(tmp_path / "c"), "--regions", "most")
     assert exc.value.code == 2 and "--regions" in capsys.readouterr().err
