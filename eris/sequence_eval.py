@@ -92,8 +92,9 @@ def evaluate_sequences(seg, n: int, frames: int, sweep_deg: float, rules: dict, 
             truth = masks[s.target]
             if truth.sum() < min_pixels:  # the target left the frame or hides behind another
                 continue
-            raw = seg._phrase_cells(image, s.phrase)  # once per frame; every rule reads the same logits
-            relation, ref_cells, _ = seg._reference_cells(image, s.phrase)  # a relation's reference, once too
+            runs = {}  # this frame's graph runs, shared by the phrase and its reference as in _result
+            raw = seg._phrase_cells(image, s.phrase, runs)  # once per frame; every rule reads the same logits
+            relation, ref_cells, _ = seg._reference_cells(image, s.phrase, runs)  # a relation's reference, once too
             for name, track in tracks.items():
                 reference = seg._reference_region(relation, ref_cells, track, image, raw[1])  # as live mode would
                 mask = seg._result_from_cells(*raw, s.phrase, track, reference, image).mask

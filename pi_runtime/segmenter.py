@@ -466,22 +466,39 @@ class Segmenter:
         timings["post"] = (time.perf_counter() - t0) * 1e3
         return out, timings
 
-    def _phrase_cells(self, image: np.ndarray, phrase: str):
-        """:meth:`_raw_logits` of the phrase, cell by cell the larger of them and those of the one
-        more description the runtime runs for it (:meth:`second_phrase`): the logits its regions
-        are chosen from."""
+    def _run_once(self, image: np.ndarray, phrase: str, runs: dict | None):
+        """:meth:`_raw_logits`, remembered in ``runs`` (phrase -> cells) for one frame: a phrase
+        the frame already ran (a relation's target and reference can share a generic
+        description, "the thing") costs nothing the second time."""
+        if runs is not None and phrase in runs:
+            cells, box = runs[phrase]
+            return cells, box, {"text": 0.0, "image": 0.0}
         cells, box, timings = self._raw_logits(image, phrase)
-        second = self.second_phrase(phrase)
-        if second is not None:  # the objects the phrase itself missed become candidates too
-            second_cells, _, second_timings = self._raw_logits(image, second)
+        if runs is not None:
+            runs[phrase] = cells, box
+        return cells, box, timings
+
+    def _with_second(self, image: np.ndarray, phrase: str, second: str | None, runs: dict | None):
+        """:meth:`_raw_logits` of ``phrase``, cell by cell the larger of them and those of
+        ``second`` where there is one: the objects the phrase itself missed become candidates."""
+        cells, box, timings = self._run_once(image, phrase, runs)
+        if second is not None:
+            second_cells, _, second_timings = self._run_once(image, second, runs)
             cells = np.maximum(cells, second_cells)
             for key, ms in second_timings.items():
                 timings[key] += ms
         return cells, box, timings
 
+    def _phrase_cells(self, image: np.ndarray, phrase: str, runs: dict | None = None):
+        """The logits the phrase's regions are chosen from: its own, cell by cell the larger of
+        them and those of the one more description the runtime runs for it
+        (:meth:`second_phrase`). ``runs``: this frame's runs so far (:meth:`_run_once`)."""
+        return self._with_second(image, phrase, self.second_phrase(phrase), runs)
+
     def _result(self, image: np.ndarray, phrase: str, track: RegionTrack | None = None) -> Result:
-        cells, box, timings = self._phrase_cells(image, phrase)
-        relation, ref_cells, ref_timings = self._reference_cells(image, phrase)
+        runs = {}
+        cells, box, timings = self._phrase_cells(image, phrase, runs)
+        relation, ref_cells, ref_timings = self._reference_cells(image, phrase, runs)
         for key, ms in ref_timings.items():
             timings[key] += ms
         reference = self._reference_region(relation, ref_cells, track, image, box)
@@ -506,14 +523,16 @@ class Segmenter:
         its plain description, else nothing (None)."""
         return self.generic_phrase(phrase) or self.plain_phrase(phrase)
 
-    def _reference_cells(self, image: np.ndarray, phrase: str):
+    def _reference_cells(self, image: np.ndarray, phrase: str, runs: dict | None = None):
         """For a relation phrase ("the mug left of the duck"; with ``where_words`` and regions
         ``best``): ``(relation, the reference object's stride-grid logits, timings)``, from one
-        more run of the graphs on the reference alone ("the duck"); else ``(None, None, {})``."""
+        more run of the graphs on the reference alone ("the duck"), cell by cell the larger of
+        them and its generic description's ("the thing") where the runtime runs one; else
+        ``(None, None, {})``."""
         relation = parse_relation(phrase) if self.where_words and self.regions == "best" else None
         if relation is None:
             return None, None, {}
-        cells, _, timings = self._raw_logits(image, relation.reference)
+        cells, _, timings = self._with_second(image, relation.reference, self.generic_phrase(relation.reference), runs)
         return relation, cells, timings
 
     def _reference_region(self, relation, cells: np.ndarray | None, track: RegionTrack | None = None,

@@ -1,8 +1,8 @@
-"""pi_runtime.plain: the phrase without the words that say which one."""
+"""pi_runtime.plain: the phrase without the words that say which one, and its generic description."""
 
 import pytest
 
-from pi_runtime.plain import plain_description
+from pi_runtime.plain import generic_description, plain_description
 
 
 @pytest.mark.parametrize("phrase, plain", [
@@ -32,3 +32,25 @@ def test_which_one_words_are_dropped(phrase, plain):
                                     "the ball on the table"])
 def test_nothing_to_drop_or_nothing_left_gives_none(phrase):
     assert plain_description(phrase) is None
+
+
+_NOUNS = {"duck": ["duck"], "mug": ["mug"], "cup": ["mug"], "teddy bear": ["teddy"], "teddy": ["teddy"],
+          "can": ["cylinder"], "cube": ["cube"]}
+
+
+@pytest.mark.parametrize("phrase, generic", [
+    ("the white duck", "the white thing"),
+    ("the second white mug from the left", "the white thing"),     # the plain description's noun
+    ("the mug left of the duck", "the thing"),                     # a relation: the target's
+    ("pick up the red cubes", "pick up the red thing"),
+    ("where is  the Teddy Bear?", "where is the thing?"),         # the longest noun, any case
+    ("can you see the cup", "can you see the thing"),              # "can" the verb is no noun
+    ("the can", "the thing"),
+])
+def test_the_generic_description_names_a_thing_instead_of_the_category(phrase, generic):
+    assert generic_description(phrase, _NOUNS) == generic
+
+
+@pytest.mark.parametrize("phrase", ["the red thing", "the leftmost one", "the ball", "ducks2"])
+def test_a_phrase_naming_no_known_category_has_no_generic_description(phrase):
+    assert generic_description(phrase, _NOUNS) is None

@@ -336,6 +336,50 @@ def test_the_plain_description_adds_the_objects_the_full_phrase_missed(bundle, m
         .plain_phrase("the leftmost mug") is None
 
 
+def test_the_generic_description_replaces_the_plain_one_where_the_category_check_can_choose(bundle, monkeypatch):
+    """With a category check, "the leftmost duck" is also run as "the thing" (not "the duck"),
+    the larger logit kept, and the check keeps the duck among the things."""
+    from pi_runtime.categories import CategoryCheck
+    from pi_runtime.preprocess import Letterbox
+    from tests.test_categories import _FakeClassifier
+
+    full = np.full((30, 60), -5.0, np.float32)
+    full[10:20, 5:15] = 4.0       # the phrase marks a mug on the left, surely
+    generic = full.copy()
+    generic[10:20, 40:50] = 2.0   # "the thing" also marks the red duck on the right
+    asked = []
+
+    def fake(image, phrase):
+        asked.append(phrase)
+        box = Letterbox((30, 60), (30 * seg.stride, 60 * seg.stride), (30 * seg.stride, 60 * seg.stride))
+        return (generic if phrase == "the thing" else full).copy(), box, {"text": 1.0, "image": 10.0}
+
+    image = np.zeros((30, 60, 3), np.uint8)
+    image[10:20, 40:50] = (255, 0, 0)   # the fake classifier calls a red crop a duck, anything else a mug
+    check = CategoryCheck(_FakeClassifier(), ["duck", "mug", "none"], {"duck": ["duck"], "mug": ["mug"]},
+                          share=0.1, power=1.0, found_min=0.5)
+    for flag in (True, False):
+        seg = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, generic_pass=flag)
+        monkeypatch.setattr(seg, "_raw_logits", fake)
+        seg.category_check = check
+        asked.clear()
+        r = seg.segment(image, "the leftmost duck")
+        assert asked == ["the leftmost duck", "the thing" if flag else "the duck"]
+        assert r.found == flag and r.mask[15, 45] == flag and not r.mask[15, 10]
+        assert r.timings["image"] == 20.0
+        asked.clear()
+        seg.segment(image, "the red thing")                       # no category named: no generic pass
+        assert asked == ["the red thing"]
+        asked.clear()
+        r = seg.segment(image, "the mug left of the duck")        # the reference's generic description is
+        assert asked == (["the mug left of the duck", "the thing", "the duck"] if flag   # the target's: run once
+                         else ["the mug left of the duck", "the mug", "the duck"])
+        assert r.timings["image"] == 30.0
+    seg = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1)
+    assert seg.generic_pass and seg.category_check is None          # no check to choose: the plain description
+    assert seg.generic_phrase("the leftmost duck") is None and seg.second_phrase("the leftmost duck") == "the duck"
+
+
 def test_in_live_mode_a_relations_reference_stays_on_the_last_frames_object(bundle, monkeypatch):
     from pi_runtime.preprocess import Letterbox
     from pi_runtime.regions import RegionTrack
