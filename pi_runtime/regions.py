@@ -34,8 +34,8 @@ STICKY_BONUS = 1.5
 STICKY_REACH = 3
 # The kept region then takes in the cells joined to it over (threshold - GROW_MARGIN) logits
 # (hysteresis, :func:`grow_region`): the head often marks only the surest part of an object.
-# Chosen on RoboRef val among 0.5 / 1 / 1.5 / 2 / 4 and confirmed on RoboRef test and ShapeRef val
-# (README, "Session 19: the kept region grows").
+# Chosen on stored logits of RoboRef val among 1 / 2 / 4 (1 and 2 tied) and of RoboRef test and
+# ShapeRef val among 0.5 / 1 / 1.5 / 2 (1 best on ShapeRef) (README, "Session 19").
 GROW_MARGIN = 1.0
 
 

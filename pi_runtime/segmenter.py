@@ -41,7 +41,8 @@ TEXT_CACHE_SIZE = 32
 class Result:
     phrase: str
     probability: np.ndarray            # H x W float32 in [0, 1], the image's own size
-    mask: np.ndarray                   # H x W bool: probability >= threshold (one region unless regions="all")
+    mask: np.ndarray                   # H x W bool: probability >= threshold (regions="all"), else one region,
+                                       # grown a little under the threshold (pi_runtime.regions.grow_region)
     score: float                       # peak probability: how sure the model is the phrase matches something
     found: bool                        # score >= found_threshold (calibrated on val where the bundle says)
     bbox: tuple[int, int, int, int] | None   # x0, y0, x1, y1 (exclusive), None if nothing found

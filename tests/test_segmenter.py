@@ -56,6 +56,22 @@ def _fake_grid(seg, monkeypatch, grid: np.ndarray) -> np.ndarray:
     return np.zeros((h, w, 3), np.uint8)
 
 
+def _fake_runs(seg, monkeypatch, grids: dict, default: np.ndarray, asked: list) -> None:
+    """Makes ``seg``'s image graph "output" ``grids[phrase]`` (else ``default``), the stride grid
+    mapped 1:1 to a blank image's pixels, 1 ms of text and 10 ms of image a run, and records each
+    phrase asked for in ``asked``."""
+    from pi_runtime.preprocess import Letterbox
+
+    h, w = default.shape
+    box = Letterbox((h, w), (h * seg.stride, w * seg.stride), (h * seg.stride, w * seg.stride))
+
+    def fake(image, phrase):
+        asked.append(phrase)
+        return grids.get(phrase, default).copy(), box, {"text": 1.0, "image": 10.0}
+
+    monkeypatch.setattr(seg, "_raw_logits", fake)
+
+
 def test_result_geometry_from_a_known_mask(seg, monkeypatch):
     logits = np.full((40, 60), -5.0, np.float32)
     logits[10:20, 30:50] = 5.0
@@ -305,24 +321,16 @@ def test_a_relation_phrase_asks_for_its_reference_and_keeps_the_candidate_in_the
 
 
 def test_the_plain_description_adds_the_objects_the_full_phrase_missed(bundle, monkeypatch):
-    from pi_runtime.preprocess import Letterbox
-
     full = np.full((30, 60), -5.0, np.float32)
     full[15:21, 30:36] = 4.0      # the full phrase marks only the mug on the right
     plain = full.copy()
     plain[15:21, 4:10] = 2.0      # "the mug" also marks the one on the left, fainter
     plain[15:21, 30:36] = 1.0     # and the right one fainter than the full phrase did
     asked = []
-
-    def fake(image, phrase):
-        asked.append(phrase)
-        box = Letterbox((30, 60), (30 * seg.stride, 60 * seg.stride), (30 * seg.stride, 60 * seg.stride))
-        return (plain if phrase == "the mug" else full).copy(), box, {"text": 1.0, "image": 10.0}
-
     image = np.zeros((30, 60, 3), np.uint8)
     for flag in (True, False):
         seg = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, plain_pass=flag)
-        monkeypatch.setattr(seg, "_raw_logits", fake)
+        _fake_runs(seg, monkeypatch, {"the mug": plain}, full, asked)
         asked.clear()
         r = seg.segment(image, "the leftmost mug")
         assert asked == (["the leftmost mug", "the mug"] if flag else ["the leftmost mug"])
@@ -340,7 +348,6 @@ def test_the_generic_description_replaces_the_plain_one_where_the_category_check
     """With a category check, "the leftmost duck" is also run as "the thing" (not "the duck"),
     the larger logit kept, and the check keeps the duck among the things."""
     from pi_runtime.categories import CategoryCheck
-    from pi_runtime.preprocess import Letterbox
     from tests.test_categories import _FakeClassifier
 
     full = np.full((30, 60), -5.0, np.float32)
@@ -348,19 +355,13 @@ def test_the_generic_description_replaces_the_plain_one_where_the_category_check
     generic = full.copy()
     generic[10:20, 40:50] = 2.0   # "the thing" also marks the red duck on the right
     asked = []
-
-    def fake(image, phrase):
-        asked.append(phrase)
-        box = Letterbox((30, 60), (30 * seg.stride, 60 * seg.stride), (30 * seg.stride, 60 * seg.stride))
-        return (generic if phrase == "the thing" else full).copy(), box, {"text": 1.0, "image": 10.0}
-
     image = np.zeros((30, 60, 3), np.uint8)
     image[10:20, 40:50] = (255, 0, 0)   # the fake classifier calls a red crop a duck, anything else a mug
     check = CategoryCheck(_FakeClassifier(), ["duck", "mug", "none"], {"duck": ["duck"], "mug": ["mug"]},
                           share=0.1, power=1.0, found_min=0.5)
     for flag in (True, False):
         seg = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, generic_pass=flag)
-        monkeypatch.setattr(seg, "_raw_logits", fake)
+        _fake_runs(seg, monkeypatch, {"the thing": generic}, full, asked)
         seg.category_check = check
         asked.clear()
         r = seg.segment(image, "the leftmost duck")
