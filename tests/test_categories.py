@@ -208,9 +208,9 @@ def test_training_then_adding_to_a_bundle_and_loading_it(bundle, tmp_path):
 
 
 def test_at_most_max_asked_candidates_are_cropped_the_surest_first():
-    image = np.zeros((40, 200, 3), np.uint8)
-    labels = np.zeros((10, 50), np.int32)
     n = MAX_ASKED + 3
+    labels = np.zeros((10, 4 * n + 2), np.int32)
+    image = np.zeros((40, 4 * labels.shape[1], 3), np.uint8)
     for i in range(n):
         labels[2:5, 4 * i:4 * i + 2] = i + 1
     scores = np.arange(1, n + 1, dtype=float)       # the last regions are the surest
