@@ -145,7 +145,7 @@ def grow_region(logits: np.ndarray, keep: np.ndarray, threshold_logit: float,
     grown[box] = np.isin(labels, touched[touched > 0])
     if (grown & (logits >= threshold_logit) & ~keep).any():
         return None
-    return grown | keep
+    return grown  # holds keep: its cells pass the lower threshold too
 
 
 def best_region(logits: np.ndarray, threshold_logit: float, prefer: np.ndarray | None = None,
