@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pi_runtime.regions import best_region, region_scores
-from pi_runtime.relations import NOT_THERE, Relation, choose_related, parse_relation, without_reference
+from pi_runtime.relations import DEPTH_REACH, NOT_THERE, Relation, choose_related, parse_relation, without_reference
 
 
 @pytest.mark.parametrize("phrase, want", [
@@ -70,6 +70,18 @@ def test_depth_relations_compare_the_lowest_rows_near_the_reference_columns():
     reference[12:18, 15:21] = True
     assert _keep(grid, "behind", reference) == 14
     assert _keep(grid, "in front of", reference) == 16
+
+
+def test_depth_relations_reach_beside_a_small_reference_but_not_across_the_frame():
+    grid = np.full((30, 40), -5.0, np.float32)
+    grid[4:10, 24:29] = 2.0      # behind, its centre 10 cells (a quarter of the frame) right of the reference's
+    grid[4:10, 32:38] = 4.0      # surest, but 18.5 cells (46 %) to the side
+    grid[22:28, 30:36] = 3.0     # in front of it, 16.5 cells (41 %) to the side: too far
+    reference = np.zeros(grid.shape, bool)
+    reference[12:18, 16:18] = True   # two cells wide: overlapping its columns would find nothing
+    assert DEPTH_REACH * 40 >= 10 > 0.2 * 40
+    assert _keep(grid, "behind", reference) == 24
+    assert _keep(grid, "in front of", reference) == 32   # no candidate in the relation: the surest
 
 
 def test_on_needs_the_candidate_above_and_over_the_reference():
