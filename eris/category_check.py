@@ -134,15 +134,12 @@ def _region_label(region: np.ndarray, fractions: np.ndarray, labels: list[str], 
     return labels[k] if cover[k] >= min_cover else "none"
 
 
-def _region_crops_of_scene(seg, image, phrase, masks, labels, min_cover: float = 0.4):
-    """Crops of the regions the shipped model proposes for ``phrase``, cut exactly as the runtime
-    cuts them (:func:`pi_runtime.categories.asked_regions` with :data:`SHARE`, the bundle's), each
-    labelled by the object under it: the candidates the check must tell apart at run time, wrong
-    ones included."""
+def _region_crops(seg, image, cells, box, masks, labels, min_cover: float):
+    """Crops of the candidate regions of ``cells`` the check is asked about, cut as the runtime
+    cuts them, each labelled by the object covering most of it (:func:`_region_label`)."""
     from pi_runtime.categories import asked_regions, region_cells
     from pi_runtime.regions import region_scores
 
-    cells, box, _ = seg._phrase_cells(image, phrase)
     regions, n, scores, origin = region_scores(cells, seg._threshold_logit)
     if n == 0:
         return []
@@ -159,6 +156,26 @@ def _region_crops_of_scene(seg, image, phrase, masks, labels, min_cover: float =
     return out
 
 
+def _region_crops_of_scene(seg, image, phrase, masks, labels, min_cover: float = 0.4):
+    """Crops of the regions the shipped model proposes for ``phrase``, exactly the candidates the
+    runtime asks the check about: the phrase's logits with its second description's
+    (:meth:`pi_runtime.segmenter.Segmenter.second_phrase`: the generic "thing" pass where ``seg``
+    has a category check, else the plain one), less a relation's reference region
+    (:func:`pi_runtime.relations.without_reference`), and the reference's own candidates; wrong
+    ones included."""
+    from pi_runtime.relations import without_reference
+
+    runs = {}
+    cells, box, _ = seg._phrase_cells(image, phrase, runs)
+    relation, ref_cells, _ = seg._reference_cells(image, phrase, runs)
+    out = []
+    if relation is not None:
+        reference = seg._reference_region(relation, ref_cells, None, image, box)
+        cells = without_reference(cells, reference)
+        out += _region_crops(seg, image, ref_cells, box, masks, labels, min_cover)
+    return _region_crops(seg, image, cells, box, masks, labels, min_cover) + out
+
+
 def collect_regions(n_roboref: int, n_shapes: int, seed: int = 0, start: int = 0, threads: int = 1):
     """``(crops, labels)`` of the shipped model's candidate regions on training scenes (a stream of
     their own: seed 2000 + ``seed``), each scene with a phrase of its own as training draws it. The
@@ -167,7 +184,9 @@ def collect_regions(n_roboref: int, n_shapes: int, seed: int = 0, start: int = 0
     from eris.data import roboref, shapes
     from pi_runtime.segmenter import Segmenter, default_bundle_dir
 
-    seg = Segmenter(default_bundle_dir(), precision="int8", threads=threads, category_check=False)
+    # With the bundle's category check, as the runtime runs: it decides which descriptions run
+    # (the generic pass) and which region is a relation's reference.
+    seg = Segmenter(default_bundle_dir(), precision="int8", threads=threads)
     items = []
     for data, n, desc, label_of in ((roboref, n_roboref, "roboref regions", lambda o: o.category),
                                     (shapes, n_shapes, "shapes regions", lambda o: f"shape:{o.shape}")):
@@ -302,7 +321,8 @@ def _train_and_export(args) -> None:
         x, y = collect(args.roboref, args.shapes, args.seed)
         np.savez(cache, x=x, y=y)
     if args.region_roboref or args.region_shapes:
-        cache = args.out / f"regions_r{args.region_roboref}_s{args.region_shapes}_seed{args.seed}.npz"
+        # "candidates": cut from the runtime's candidates (generic pass, reference taken out) since Session 20
+        cache = args.out / f"candidates_r{args.region_roboref}_s{args.region_shapes}_seed{args.seed}.npz"
         if cache.exists():
             data = np.load(cache)
             rx, ry = data["x"], data["y"]

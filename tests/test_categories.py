@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from eris.category_check import CLASSES, NOUNS, _region_label, object_cells
+from eris.category_check import CLASSES, NOUNS, _region_crops_of_scene, _region_label, object_cells
 from pi_runtime.bundle import BundleError, validate_manifest
 from pi_runtime.categories import CROP, MAX_ASKED, CategoryCheck, crop_box, crop_input, phrase_category
 
@@ -155,6 +155,49 @@ def test_a_region_is_labelled_by_the_object_covering_most_of_it_or_none():
     assert _region_label(region, np.zeros((0, 4, 4)), [], 0.4) == "none"       # a scene without objects
 
 
+class _StubSegmenter:
+    """What ``_region_crops_of_scene`` asks of a Segmenter, on a 12 x 16 grid of 4-pixel cells:
+    the phrase lights a duck (left) and a mug (right); the phrase relates to the duck, whose
+    region the reference pass finds."""
+
+    _threshold_logit = 0.0
+
+    def __init__(self, relation: bool):
+        self.relation = relation
+        self.cells = np.full((12, 16), -5.0, np.float32)
+        self.cells[2:6, 1:5] = 3.0     # over the duck
+        self.cells[2:6, 9:13] = 2.0    # over the mug
+
+    def _phrase_cells(self, image, phrase, runs):
+        return self.cells, "box", {}
+
+    def _reference_cells(self, image, phrase, runs):
+        if not self.relation:
+            return None, None, {}
+        ref = np.full((12, 16), -5.0, np.float32)
+        ref[2:6, 1:5] = 4.0
+        return "relation", ref, {}
+
+    def _reference_region(self, relation, cells, track, image, box):
+        return cells >= 0
+
+    def cell_hw(self, box):
+        return 4.0, 4.0
+
+
+def test_region_crops_are_the_runtime_candidates_with_a_relations_reference_taken_out():
+    image = np.zeros((48, 64, 3), np.uint8)
+    duck, mug = np.zeros((48, 64), bool), np.zeros((48, 64), bool)
+    duck[8:24, 4:20], mug[8:24, 36:52] = True, True
+    masks, labels = np.stack([duck, mug]), ["duck", "mug"]
+    alone = _region_crops_of_scene(_StubSegmenter(False), image, "the mug", masks, labels)
+    assert sorted(CLASSES[y] for _, y in alone) == ["duck", "mug"]   # both candidates asked about
+    related = _region_crops_of_scene(_StubSegmenter(True), image, "the mug right of the duck", masks, labels)
+    # the target's candidates lose the duck (it is the reference); the reference's candidate is cut too
+    assert [CLASSES[y] for _, y in related] == ["mug", "duck"]
+    assert all(c.shape == (4, CROP, CROP) and c.dtype == np.uint8 for c, _ in related)
+
+
 def _manifest_with_check(bundle, **changes):
     m = json.loads((bundle / "manifest.json").read_text())
     m["category_check"] = {"file": "category_check.onnx", "classes": ["duck", "mug"], "nouns": {"duck": ["duck"]},
@@ -188,7 +231,7 @@ def test_training_then_adding_to_a_bundle_and_loading_it(bundle, tmp_path):
             "--region-shapes", "1", "--epochs", "1", "--threads", "1"]
     assert main(args + ["--bundle", str(target), "--found-min", "0.2", "--pick-power", "0.25"]) == 0
     assert (tmp_path / "cc" / "category_check.onnx").exists() and len(list((tmp_path / "cc").glob("crops_*.npz"))) == 1
-    regions = np.load(next((tmp_path / "cc").glob("regions_*.npz")))
+    regions = np.load(next((tmp_path / "cc").glob("candidates_*.npz")))
     assert regions["x"].shape[1:] == (4, CROP, CROP) and len(regions["x"]) == len(regions["y"])
     assert set(regions["y"].tolist()) <= set(range(len(CLASSES)))
     verify_bundle(target)
