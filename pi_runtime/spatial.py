@@ -20,8 +20,10 @@ no object of the kind at all for such a phrase. With the plain description's can
 (:mod:`pi_runtime.plain`) they are better (README, "Session 18").
 
 Candidates are the 8-connected regions of the stride-4 logit grid over the mask threshold whose
-score (:func:`pi_runtime.regions.region_scores`) is at least :data:`CANDIDATE_SHARE` of the best
-one's, so that a faint blob the model hardly means does not count.
+score (:func:`pi_runtime.regions.region_scores`) is at least a share of the best one's, so that a
+faint blob the model hardly means does not count: :data:`CANDIDATE_SHARE` for depth and size
+words, :data:`PLACE_SHARE` for places and ordinals, where one object of the kind left out of the
+count moves the pick to another.
 """
 
 from __future__ import annotations
@@ -34,13 +36,19 @@ import numpy as np
 
 from pi_runtime.regions import region_boxes
 
-__all__ = ["Selector", "parse_selector", "select_region", "CANDIDATE_SHARE"]
+__all__ = ["Selector", "parse_selector", "select_region", "CANDIDATE_SHARE", "PLACE_SHARE"]
 
 # A region is a candidate when its score is at least this share of the best region's. Chosen among
 # 0, 0.1, 0.25, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8 on the first 400 scenes of each val set and
 # confirmed on the other 600 and on RoboRef test (README, "Session 15: where-words and
 # relations").
 CANDIDATE_SHARE = 0.5
+# ... and for a place in the frame or an ordinal ("leftmost", "second from the right", "in the
+# middle"): with the generic pass (pi_runtime.plain) and the category check, the objects of the
+# named kind are candidates more often, some of them faint. Chosen among 0.5, 0.35, 0.25, 0.2 on
+# RoboRef val's location and ordinal phrases and confirmed on RoboRef test and ShapeRef val
+# (README, "Session 20"); depth and size words were better at 0.5.
+PLACE_SHARE = 0.25
 # Live mode: the last frame's object stays picked while its place (a fraction of the frame's
 # side) is within this of the picked one's (README, "Session 15: where-words and relations").
 HYSTERESIS = 0.05
@@ -99,6 +107,12 @@ class Selector:
     descending: bool = False
     rank: int = 0
 
+    @property
+    def share(self) -> float:
+        """The candidates' least score, a share of the best (:data:`PLACE_SHARE` for a place or an
+        ordinal, :data:`CANDIDATE_SHARE` for depth and size words)."""
+        return CANDIDATE_SHARE if self.key in ("bottom", "size") else PLACE_SHARE
+
     def pick(self, labels: np.ndarray, scores: np.ndarray, origin: tuple[int, int], grid_hw: tuple[int, int],
              preferred: np.ndarray | None = None, bonus: float = 1.0) -> int:
         """:func:`select_region` in the form :func:`pi_runtime.regions.best_region` takes as
@@ -144,7 +158,7 @@ def select_region(labels: np.ndarray, scores: np.ndarray, selector: Selector, gr
                   share: float | None = None, origin: tuple[int, int] = (0, 0),
                   preferred: np.ndarray | None = None) -> int:
     """The label (1..n) of the region ``selector`` picks among ``labels``' regions whose score is at
-    least ``share`` (default :data:`CANDIDATE_SHARE`) x the best; the best-scoring region when the
+    least ``share`` (default ``selector.share``) x the best; the best-scoring region when the
     rank is past the candidates.
     ``labels``: int map of region labels (0 = none, n = ``len(scores)``) over the part of a
     ``grid_hw`` grid whose top-left cell is ``origin`` (:func:`pi_runtime.regions.region_scores`).
@@ -153,7 +167,7 @@ def select_region(labels: np.ndarray, scores: np.ndarray, selector: Selector, gr
     objects about equally far left do not swap from frame to frame."""
     n = len(scores)
     best = int(np.argmax(scores))
-    cand = np.nonzero(scores >= (CANDIDATE_SHARE if share is None else share) * scores[best])[0]
+    cand = np.nonzero(scores >= (selector.share if share is None else share) * scores[best])[0]
     if selector.rank >= len(cand):
         return best + 1
     values = _geometry(labels, n, grid_hw, origin)[selector.key][cand]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pi_runtime.regions import RegionTrack, best_region, region_scores
-from pi_runtime.spatial import Selector, parse_selector, select_region
+from pi_runtime.spatial import CANDIDATE_SHARE, PLACE_SHARE, Selector, parse_selector, select_region
 
 
 @pytest.mark.parametrize("phrase, want", [
@@ -89,6 +89,19 @@ def test_a_faint_region_is_no_candidate_and_a_rank_past_the_candidates_keeps_the
     labels, n, scores, origin = region_scores(grid, 0.0)
     assert n == 3 and scores[0] < 0.25 * scores[1]
     assert select_region(labels, scores, Selector("x"), grid.shape, share=0.01, origin=origin) == 1
+
+
+def test_places_count_fainter_candidates_than_depth_and_size_words():
+    grid = _three_blobs(strengths=(1.2, 4.0, 3.0))    # the left blob scores 30 % of the best
+    grid[8:12, 2:6] = -5.0
+    grid[16:20, 2:6] = 1.2                           # ... and reaches lowest in the frame
+    grid[8:10, 30:34] = -5.0
+    grid[12:14, 30:34] = 3.0                         # the right one next lowest
+    labels, n, scores, origin = region_scores(grid, 0.0)
+    assert PLACE_SHARE <= scores.min() / scores.max() < CANDIDATE_SHARE
+    assert _kept_column(best_region(grid, 0.0, pick=parse_selector("the leftmost cube").pick)) == 2
+    assert _kept_column(best_region(grid, 0.0, pick=parse_selector("the nearest cube").pick)) == 30
+    assert _kept_column(best_region(grid, 0.0, pick=parse_selector("the smallest cube").pick)) in (16, 30)
 
 
 def test_region_geometry_is_measured_on_the_whole_grid_not_the_labelled_box():
