@@ -132,9 +132,16 @@ def grow_region(logits: np.ndarray, keep: np.ndarray, threshold_logit: float,
                 margin: float = GROW_MARGIN) -> np.ndarray | None:
     """The kept region ``keep`` (a bool map of ``logits``' shape) grown by hysteresis: every
     8-connected component of ``logits >= threshold_logit - margin`` that touches it. None when
-    that would join it to a cell of another candidate (over the threshold and not kept): between
-    two objects the margin must not make one region of them."""
-    low = np.asarray(logits) >= threshold_logit - margin
+    nothing is kept or nothing passes the lower threshold.
+
+    Between two objects the margin must not make one region of them: where the grown region would
+    reach a cell of another candidate (over the threshold and not kept), the lower cells are
+    shared out instead (:func:`_share_out`), each going to whichever of the kept region and the
+    other candidates reaches it first through lower cells, a tie to the other. Sharing rather than
+    not growing at all: RoboRef val 74.2 -> 74.3, test 75.2 -> 75.4, ShapeRef val 82.7 -> 82.9
+    (stored logits, README "Session 20")."""
+    logits = np.asarray(logits)
+    low = logits >= threshold_logit - margin
     rows, cols = np.nonzero(low.any(axis=1))[0], np.nonzero(low.any(axis=0))[0]
     if not keep.any() or len(rows) == 0:
         return None
@@ -143,9 +150,26 @@ def grow_region(logits: np.ndarray, keep: np.ndarray, threshold_logit: float,
     touched = np.unique(labels[keep[box]])
     grown = np.zeros(keep.shape, bool)
     grown[box] = np.isin(labels, touched[touched > 0])
-    if (grown & (logits >= threshold_logit) & ~keep).any():
-        return None
+    others = (logits >= threshold_logit) & ~keep
+    if (grown & others).any():
+        grown[box] = _share_out(low[box], keep[box], others[box])
     return grown  # holds keep: its cells pass the lower threshold too
+
+
+def _share_out(low: np.ndarray, keep: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """The cells of ``low`` that ``keep`` reaches before ``others`` do, spreading one 8-neighbour
+    step at a time through ``low`` from both at once (a cell both reach in the same step goes to
+    the others), plus ``keep`` itself."""
+    mine, theirs = keep.copy(), others & low
+    free = low & ~mine & ~theirs
+    while True:
+        theirs_next = grow(theirs, 1) & free
+        mine_next = grow(mine, 1) & free & ~theirs_next
+        if not (mine_next.any() or theirs_next.any()):
+            return mine
+        mine |= mine_next
+        theirs |= theirs_next
+        free &= ~(mine_next | theirs_next)
 
 
 def best_region(logits: np.ndarray, threshold_logit: float, prefer: np.ndarray | None = None,

@@ -134,14 +134,18 @@ def test_grow_region_takes_in_the_rim_over_threshold_less_the_margin_only():
     assert grow_region(np.full((4, 4), -9.0), keep[:4, :4], 0.0) is None
 
 
-def test_grow_region_never_joins_the_kept_region_to_another_candidate():
+def test_grow_region_never_joins_the_kept_region_to_another_candidate_it_shares_the_rim_out():
     logits = np.full((10, 24), -5.0)
     logits[4:6, 2:20] = -0.5                   # a faint bridge between two objects
     logits[3:7, 2:6] = 2.0
     logits[3:7, 16:20] = 4.0
     keep = np.zeros_like(logits, bool)
     keep[3:7, 16:20] = True
-    assert grow_region(logits, keep, 0.0) is None
+    got = grow_region(logits, keep, 0.0)
+    want = keep.copy()
+    want[4:6, 11:16] = True                    # the half of the bridge nearer the kept object...
+    assert np.array_equal(got, want)           # ... the other half goes to the other one
+    assert not got[:, :6].any()
     assert np.array_equal(grow_region(logits, keep, 0.0, margin=0.25), keep)   # the bridge is under this one
 
 
@@ -157,10 +161,12 @@ def test_grow_region_is_the_flood_fill_of_the_low_mask_from_the_kept_region():
         want = low == low[7, 10]
         got = grow_region(logits, keep, 0.0)
         joins_another = bool(((logits >= 0) & want & ~keep).any())
-        assert (got is None) == joins_another, seed
-        if got is not None:
+        if joins_another:   # shared out: a part of the flood fill, holding keep and no other candidate
+            assert (got & ~want).sum() == 0 and (keep & ~got).sum() == 0, seed
+            assert not ((logits >= 0) & got & ~keep).any(), seed
+        else:
             assert np.array_equal(got, want), seed
-        outcomes.add(got is None)
+        outcomes.add(joins_another)
     assert outcomes == {True, False}                     # both cases came up
 
 
