@@ -158,22 +158,18 @@ def _region_crops(seg, image, cells, box, masks, labels, min_cover: float):
 
 def _region_crops_of_scene(seg, image, phrase, masks, labels, min_cover: float = 0.4):
     """Crops of the regions the shipped model proposes for ``phrase``, exactly the candidates the
-    runtime asks the check about: the phrase's logits with its second description's
-    (:meth:`pi_runtime.segmenter.Segmenter.second_phrase`: the generic "thing" pass where ``seg``
-    has a category check, else the plain one), less a relation's reference region
+    runtime asks the check about (:meth:`pi_runtime.segmenter.Segmenter._frame_logits`): the
+    phrase's logits with its second description's (the generic "thing" pass where ``seg`` has a
+    category check, else the plain one), less a relation's reference region
     (:func:`pi_runtime.relations.without_reference`), and the reference's own candidates; wrong
     ones included."""
     from pi_runtime.relations import without_reference
 
-    runs = {}
-    cells, box, _ = seg._phrase_cells(image, phrase, runs)
-    relation, ref_cells, _ = seg._reference_cells(image, phrase, runs)
-    out = []
-    if relation is not None:
-        reference = seg._reference_region(relation, ref_cells, None, image, box)
-        cells = without_reference(cells, reference)
+    cells, box, _, ref_cells, reference = seg._frame_logits(image, phrase)
+    out = _region_crops(seg, image, without_reference(cells, reference), box, masks, labels, min_cover)
+    if ref_cells is not None:
         out += _region_crops(seg, image, ref_cells, box, masks, labels, min_cover)
-    return _region_crops(seg, image, cells, box, masks, labels, min_cover) + out
+    return out
 
 
 def collect_regions(n_roboref: int, n_shapes: int, seed: int = 0, start: int = 0, threads: int = 1):

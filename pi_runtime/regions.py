@@ -160,7 +160,7 @@ def _share_out(low: np.ndarray, keep: np.ndarray, others: np.ndarray) -> np.ndar
     """The cells of ``low`` that ``keep`` reaches before ``others`` do, spreading one 8-neighbour
     step at a time through ``low`` from both at once (a cell both reach in the same step goes to
     the others), plus ``keep`` itself."""
-    mine, theirs = keep.copy(), others & low
+    mine, theirs = keep.copy(), others.copy()  # others pass the threshold, so the lower one too
     free = low & ~mine & ~theirs
     while True:
         theirs_next = grow(theirs, 1) & free

@@ -439,8 +439,9 @@ class Segmenter:
         map) reaches through the bilinear upsampling. Exact because any two over-threshold cells
         in one pixel's 2x2 support are 8-neighbours, so a mask pixel's support never mixes a kept
         region with another; only a grown region whose rim was shared out with a neighbour
-        (:func:`pi_runtime.regions.grow_region`) keeps the pixels on the seam. Upsamples only the window the kept cells can reach (1-2 ms saved on
-        a 640x480 frame against resizing the whole grid)."""
+        (:func:`pi_runtime.regions.grow_region`) keeps the pixels on the seam. Upsamples only the
+        window the kept cells can reach (1-2 ms saved on a 640x480 frame against resizing the
+        whole grid)."""
         rows, cols = np.nonzero(keep.any(axis=1))[0], np.nonzero(keep.any(axis=0))[0]
         if len(rows) == 0:
             mask[:] = False
@@ -497,13 +498,22 @@ class Segmenter:
         (:meth:`second_phrase`). ``runs``: this frame's runs so far (:meth:`_run_once`)."""
         return self._with_second(image, phrase, self.second_phrase(phrase), runs)
 
-    def _result(self, image: np.ndarray, phrase: str, track: RegionTrack | None = None) -> Result:
+    def _frame_logits(self, image: np.ndarray, phrase: str, track: RegionTrack | None = None):
+        """What the region rules of one frame start from: ``(cells, box, timings, ref_cells,
+        reference)``, the phrase's stride-grid logits (:meth:`_phrase_cells`) and, for a relation
+        phrase, the reference's logits and its region (:meth:`_reference_cells`,
+        :meth:`_reference_region`; both None without a relation). The category check's training
+        cuts its crops from the same (``eris.category_check``)."""
         runs = {}
         cells, box, timings = self._phrase_cells(image, phrase, runs)
         relation, ref_cells, ref_timings = self._reference_cells(image, phrase, runs)
         for key, ms in ref_timings.items():
             timings[key] += ms
         reference = self._reference_region(relation, ref_cells, track, image, box)
+        return cells, box, timings, ref_cells, reference
+
+    def _result(self, image: np.ndarray, phrase: str, track: RegionTrack | None = None) -> Result:
+        cells, box, timings, _, reference = self._frame_logits(image, phrase, track)
         return self._result_from_cells(cells, box, timings, phrase, track, reference, image)
 
     def plain_phrase(self, phrase: str) -> str | None:

@@ -168,18 +168,12 @@ class _StubSegmenter:
         self.cells[2:6, 1:5] = 3.0     # over the duck
         self.cells[2:6, 9:13] = 2.0    # over the mug
 
-    def _phrase_cells(self, image, phrase, runs):
-        return self.cells, "box", {}
-
-    def _reference_cells(self, image, phrase, runs):
+    def _frame_logits(self, image, phrase):
         if not self.relation:
-            return None, None, {}
+            return self.cells, "box", {}, None, None
         ref = np.full((12, 16), -5.0, np.float32)
         ref[2:6, 1:5] = 4.0
-        return "relation", ref, {}
-
-    def _reference_region(self, relation, cells, track, image, box):
-        return cells >= 0
+        return self.cells, "box", {}, ref, ref >= 0
 
     def cell_hw(self, box):
         return 4.0, 4.0
