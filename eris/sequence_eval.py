@@ -144,12 +144,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="the runtime's --no-generic-pass: do not also run the phrase's generic description")
     ap.add_argument("--no-grow", dest="grow", action="store_false",
                     help="the runtime's --no-grow: keep the chosen region as the threshold cuts it")
+    ap.add_argument("--no-refine", dest="refine", action="store_false",
+                    help="the runtime's --no-refine: keep the outline the upsampled logits draw")
     ap.add_argument("--bonus", type=float, nargs="+", default=[1.5],
                     help="RegionTrack bonuses to compare with choosing each frame afresh")
     args = ap.parse_args(argv)
     seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, where_words=args.where_words,
                                 category_check=args.category_check, plain_pass=args.plain_pass,
-                                grow=args.grow, generic_pass=args.generic_pass)
+                                grow=args.grow, generic_pass=args.generic_pass, refine=args.refine)
     rules = {"fresh": None, **{f"sticky x{b:g}": b for b in args.bonus}}
     tallies = evaluate_sequences(seg, args.n, args.frames, args.sweep_deg, rules, start=args.start)
     print(json.dumps({"args": vars(args), **{name: t.summary() for name, t in tallies.items()}}, indent=1))

@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "takes in the cells joined to it a little under the threshold, unless that would join it to "
                          "another candidate: the model often marks only the surest part of an object; README, "
                          "'Session 19')")
+    ap.add_argument("--no-refine", dest="refine", action="store_false",
+                    help="keep the mask's outline as the upsampled logits draw it (default: move it to the frame's "
+                         "colour edges with a guided filter, a few ms a frame; README, 'Session 21')")
     ap.add_argument("--no-sticky", dest="sticky", action="store_false",
                     help="live, with --regions best: choose each frame's region afresh (default: stay on the object "
                          "kept on the last frame unless another scores clearly higher; README, 'Live mode')")
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side, args.backend,
                                     regions=args.regions, flip_average=args.flip_average,
                                     where_words=args.where_words, category_check=args.category_check,
-                                    plain_pass=args.plain_pass, grow=args.grow,
+                                    plain_pass=args.plain_pass, grow=args.grow, refine=args.refine,
                                     generic_pass=args.generic_pass)
     except (BundleError, BackendUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -204,7 +207,7 @@ def run_live(args) -> int:
         seg = Segmenter.from_bundle(args.bundle, args.precision, args.threads, args.long_side, args.backend,
                                     regions=args.regions, flip_average=args.flip_average,
                                     where_words=args.where_words, category_check=args.category_check,
-                                    plain_pass=args.plain_pass, grow=args.grow,
+                                    plain_pass=args.plain_pass, grow=args.grow, refine=args.refine,
                                     generic_pass=args.generic_pass)
     except (BundleError, BackendUnavailable, ValueError) as exc:
         source.close()

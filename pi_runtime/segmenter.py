@@ -28,6 +28,7 @@ from pi_runtime.phrases import PhraseError, check_phrase, mirror_phrase
 from pi_runtime.plain import generic_description, plain_description
 from pi_runtime.precision import cpu_has_int8_dot
 from pi_runtime.preprocess import letterbox, letterbox_into, load_image, to_rgb_array
+from pi_runtime.refine import guide_cells, refine_mask
 from pi_runtime.regions import GROW_MARGIN, REGION_MODES, RegionTrack, best_region, grow_region
 from pi_runtime.relations import choose_related, parse_relation, without_reference
 from pi_runtime.spatial import parse_selector
@@ -42,7 +43,8 @@ class Result:
     phrase: str
     probability: np.ndarray            # H x W float32 in [0, 1], the image's own size
     mask: np.ndarray                   # H x W bool: probability >= threshold (regions="all"), else one region,
-                                       # grown a little under the threshold (pi_runtime.regions.grow_region)
+                                       # grown a little under the threshold (pi_runtime.regions.grow_region);
+                                       # its outline then moved to the frame's edges (pi_runtime.refine)
     score: float                       # peak probability: how sure the model is the phrase matches something
     found: bool                        # score >= found_threshold (calibrated on val where the bundle says)
     bbox: tuple[int, int, int, int] | None   # x0, y0, x1, y1 (exclusive), None if nothing found
@@ -159,7 +161,7 @@ class Segmenter:
     def __init__(self, bundle: str | Path, precision: str = "auto", threads: int | None = None,
                  long_side: int | None = None, backend: str = "auto", regions: str = "best",
                  flip_average: bool = False, where_words: bool = True, category_check: bool = True,
-                 plain_pass: bool = True, grow: bool = True, generic_pass: bool = True):
+                 plain_pass: bool = True, grow: bool = True, generic_pass: bool = True, refine: bool = True):
         from tokenizers import Tokenizer
 
         if regions not in REGION_MODES:
@@ -184,6 +186,11 @@ class Segmenter:
         # With regions="best": the kept region takes in the cells joined to it a little under the
         # threshold (pi_runtime.regions.grow_region; README, "Session 19"); 0 keeps it as cut.
         self.grow_margin = GROW_MARGIN if grow else 0.0
+        # The frame guides the logits: the stride-grid logits follow its colour edges before the
+        # candidate regions are cut, and the kept mask's outline is moved to them (pi_runtime.refine:
+        # a guided filter with the frame as the guide; README, "Session 21"); False keeps the
+        # model's logits and the upsampled outline.
+        self.refine = bool(refine)
 
         self.bundle = Path(bundle)
         self.manifest = load_manifest(self.bundle)
@@ -348,7 +355,7 @@ class Segmenter:
     def from_bundle(cls, path: str | Path | None = None, precision: str = "auto", threads: int | None = None,
                     long_side: int | None = None, backend: str = "auto", regions: str = "best",
                     flip_average: bool = False, where_words: bool = True, category_check: bool = True,
-                    plain_pass: bool = True, grow: bool = True, generic_pass: bool = True):
+                    plain_pass: bool = True, grow: bool = True, generic_pass: bool = True, refine: bool = True):
         """``path=None`` loads the bundle shipped inside the package; ``long_side`` overrides the
         bundle's input size (e.g. 320 on a Pi 4: about 4x faster, less exact; ONNX graphs only);
         ``backend``: ``auto``, ``onnxruntime`` or ``litert`` (:func:`choose_backend`); ``regions``:
@@ -364,13 +371,15 @@ class Segmenter:
         with the category check, a phrase naming a category is run as its generic description
         ("the white thing") instead of the plain one (:func:`pi_runtime.plain.generic_description`); ``grow``: with
         ``best``, the kept region takes in the cells joined to it over the threshold less
-        :data:`pi_runtime.regions.GROW_MARGIN` (:func:`pi_runtime.regions.grow_region`)."""
+        :data:`pi_runtime.regions.GROW_MARGIN` (:func:`pi_runtime.regions.grow_region`); ``refine``:
+        the logits follow the frame's colour edges before the regions are cut, and the mask's
+        outline is moved to them (:mod:`pi_runtime.refine`)."""
         if path is None:
             path = default_bundle_dir()
             if not (path / "manifest.json").is_file():
                 raise BundleError(f"{path}: this install has no bundled default model; pass a bundle directory")
         return cls(Path(path), precision, threads, long_side, backend, regions, flip_average, where_words,
-                   category_check, plain_pass, grow, generic_pass)
+                   category_check, plain_pass, grow, generic_pass, refine)
 
     def tokenize(self, phrase: str) -> tuple[np.ndarray, np.ndarray]:
         """``(input_ids, attention_mask)`` int64 ``[1, L]`` (``L = max_tokens`` for the static LiteRT
@@ -490,6 +499,11 @@ class Segmenter:
             cells = np.maximum(cells, second_cells)
             for key, ms in second_timings.items():
                 timings[key] += ms
+        if self.refine:  # the logits follow the frame's colour edges (pi_runtime.refine.guide_cells)
+            t0 = time.perf_counter()
+            (rh, rw), s = box.resized_hw, self.stride
+            cells = guide_cells(image, cells, (-(-rh // s), -(-rw // s)))
+            timings["post"] = (time.perf_counter() - t0) * 1e3
         return cells, box, timings
 
     def _phrase_cells(self, image: np.ndarray, phrase: str, runs: dict | None = None):
@@ -508,7 +522,7 @@ class Segmenter:
         cells, box, timings = self._phrase_cells(image, phrase, runs)
         relation, ref_cells, ref_timings = self._reference_cells(image, phrase, runs)
         for key, ms in ref_timings.items():
-            timings[key] += ms
+            timings[key] = timings.get(key, 0.0) + ms
         reference = self._reference_region(relation, ref_cells, track, image, box)
         return cells, box, timings, ref_cells, reference
 
@@ -594,7 +608,8 @@ class Segmenter:
         compute a frame's logits once and apply several region rules to them. ``reference``: for a
         relation phrase, the reference object's region on the same grid (:meth:`_result`), whose
         cells the target's candidates lose (:func:`pi_runtime.relations.without_reference`);
-        ``image``: the frame, for the category check (none without it)."""
+        ``image``: the frame, for the category check and the outline's refinement (neither
+        without it)."""
         t0 = time.perf_counter()
         cells = without_reference(cells, reference)
         logits = self._to_image(cells, box)
@@ -622,12 +637,14 @@ class Segmenter:
             if grown is not None:  # the object's less sure cells too (pi_runtime.regions.GROW_MARGIN)
                 keep, mask = grown, logits >= self._threshold_logit - self.grow_margin
             self._keep_only(mask, keep, box)
+        if self.refine and image is not None:
+            mask = refine_mask(image, mask, max(self.cell_hw(box)))
         bbox = centroid = None
         if mask.any():
             ys, xs = np.nonzero(mask)
             bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
             centroid = (float(xs.mean()), float(ys.mean()))
-        timings["post"] = (time.perf_counter() - t0) * 1e3
+        timings["post"] = timings.get("post", 0.0) + (time.perf_counter() - t0) * 1e3  # + guide_cells's
         return Result(phrase, prob, mask, score, found, bbox, centroid, float(mask.mean()), timings)
 
     def segment(self, image, phrase, track: RegionTrack | None = None):

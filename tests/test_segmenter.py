@@ -47,19 +47,22 @@ def test_paths_pil_and_arrays_give_the_same_result(seg, tmp_path):
 
 def _fake_grid(seg, monkeypatch, grid: np.ndarray) -> np.ndarray:
     """Makes the image graph "output" ``grid`` for a blank image of the grid's size (stride-grid
-    cells mapped 1:1 to image pixels), so results can be checked against known logits."""
+    cells mapped 1:1 to image pixels), so results can be checked against known logits. A blank
+    image has no edges for the outline to move to: the refinement is turned off (its own test
+    paints an image)."""
     from pi_runtime.preprocess import Letterbox
 
     h, w = grid.shape
     box = Letterbox((h, w), (h * seg.stride, w * seg.stride), (h * seg.stride, w * seg.stride))
     monkeypatch.setattr(seg, "_raw_logits", lambda image, phrase: (grid, box, {"text": 0.0, "image": 0.0}))
+    monkeypatch.setattr(seg, "refine", False)
     return np.zeros((h, w, 3), np.uint8)
 
 
 def _fake_runs(seg, monkeypatch, grids: dict, default: np.ndarray, asked: list) -> None:
     """Makes ``seg``'s image graph "output" ``grids[phrase]`` (else ``default``), the stride grid
     mapped 1:1 to a blank image's pixels, 1 ms of text and 10 ms of image a run, and records each
-    phrase asked for in ``asked``."""
+    phrase asked for in ``asked``; the refinement off, as in :func:`_fake_grid`."""
     from pi_runtime.preprocess import Letterbox
 
     h, w = default.shape
@@ -70,6 +73,7 @@ def _fake_runs(seg, monkeypatch, grids: dict, default: np.ndarray, asked: list) 
         return grids.get(phrase, default).copy(), box, {"text": 1.0, "image": 10.0}
 
     monkeypatch.setattr(seg, "_raw_logits", fake)
+    monkeypatch.setattr(seg, "refine", False)
 
 
 def test_result_geometry_from_a_known_mask(seg, monkeypatch):
@@ -80,6 +84,28 @@ def test_result_geometry_from_a_known_mask(seg, monkeypatch):
     assert r.area == pytest.approx(200 / 2400) and r.found and r.score > 0.99
     assert r.to_json()["bbox"] == [30, 10, 50, 20]
     assert set(r.timings) == {"text", "image", "post"}
+
+
+def test_the_outline_moves_to_the_frames_edges_unless_turned_off(bundle, monkeypatch):
+    """The logits mark a square a pixel off the painted one (cells 1:1 with pixels here); refined
+    (the cells guided by the frame, then the mask's outline), the mask is the painted square but
+    for a corner pixel or so; with refine=False it is the logits' square and their sigmoid."""
+    logits = np.full((40, 60), -5.0, np.float32)
+    logits[11:23, 21:35] = 5.0
+    image = np.full((40, 60, 3), 40, np.uint8)
+    image[10:22, 20:34] = (200, 60, 30)
+    painted = (image[..., 0] == 200)
+    results = {}
+    for flag in (True, False):
+        s = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, refine=flag)
+        _fake_grid(s, monkeypatch, logits)
+        monkeypatch.setattr(s, "refine", flag)
+        results[flag] = s.segment(image, "x")
+    assert results[True].bbox == (20, 10, 34, 22) and (results[True].mask != painted).sum() <= 4
+    assert results[False].bbox == (21, 11, 35, 23) and results[False].mask.sum() == 12 * 14
+    assert np.array_equal(results[False].probability, 1 / (1 + np.exp(-logits)))
+    guided = results[True].probability > 0.5        # the cells, filtered with the frame as the guide
+    print("DBG", (guided != painted).sum(), ((results[False].probability>0.5) != painted).sum())
 
 
 def test_best_region_mode_keeps_one_object_and_all_keeps_every_one(bundle, monkeypatch):
@@ -136,6 +162,7 @@ def test_best_region_mode_at_full_resolution_keeps_the_kept_cells_pixels(seg, bu
     grid[15:25, 20:35] = 5.0
     for s in (seg, every):
         monkeypatch.setattr(s, "_raw_logits", lambda image, phrase: (grid, box, {"text": 0.0, "image": 0.0}))
+        monkeypatch.setattr(s, "refine", False)   # a blank frame: no edges to refine to
     r_best, r_all = seg.segment(image, "x"), every.segment(image, "x")
     assert r_best.mask.shape == (120, 160) and r_best.mask.any()
     assert not (r_best.mask & ~r_all.mask).any()           # a subset of the thresholded pixels
@@ -307,6 +334,7 @@ def test_a_relation_phrase_asks_for_its_reference_and_keeps_the_candidate_in_the
     image = np.zeros((30, 60, 3), np.uint8)  # the letterbox maps grid cells 1:1 to its pixels
     for s in (on, off):
         monkeypatch.setattr(s, "_raw_logits", fake)
+        monkeypatch.setattr(s, "refine", False)   # a blank frame: no edges to refine to
     r = on.segment(image, "the mug right of the duck")
     assert asked == ["the mug right of the duck", "the mug", "the duck"]   # the plain description too
     assert r.mask[18, 42] and not r.mask[18, 6] and not r.mask[18, 26]
@@ -317,6 +345,7 @@ def test_a_relation_phrase_asks_for_its_reference_and_keeps_the_candidate_in_the
     asked.clear()
     every = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1, regions="all")
     monkeypatch.setattr(every, "_raw_logits", fake)
+    monkeypatch.setattr(every, "refine", False)   # a blank frame: no edges to refine to
     assert every.segment(image, "the mug right of the duck").mask[18, 6] and asked == ["the mug right of the duck"]
 
 
@@ -402,6 +431,7 @@ def test_in_live_mode_a_relations_reference_stays_on_the_last_frames_object(bund
 
     seg = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1)
     monkeypatch.setattr(seg, "_raw_logits", fake)
+    monkeypatch.setattr(seg, "refine", False)   # a blank frame: no edges to refine to
     on_mug1 = lambda r: r.mask[18, 6] and not r.mask[18, 52]
     phrase = "the mug next to the duck"
     track = RegionTrack(bonus=1.5)
