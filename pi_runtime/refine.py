@@ -25,9 +25,12 @@ window), with the 3x3 colour covariance inverted in closed form per pixel.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-__all__ = ["RADIUS_CELLS", "EPS", "CELL_RADIUS", "CELL_CLIP", "refine_mask", "guide_cells", "guided_filter"]
+__all__ = ["RADIUS_CELLS", "EPS", "CELL_RADIUS", "CELL_CLIP", "CellGuide", "cell_guide", "refine_mask", "guide_cells",
+           "guided_filter"]
 
 # The window radius in cells of the model's output grid (12 px on a 640 x 480 frame at the
 # default 640 input), and the regularisation, for colours scaled to 0..1. Chosen on RoboRef val
@@ -58,22 +61,30 @@ def _box_mean(a: np.ndarray, r: int) -> np.ndarray:
     return box_sum(a.astype(np.float64)) / (n if a.ndim == 2 else n[..., None])
 
 
-def _coefficients(guide: np.ndarray, src: np.ndarray, r: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """The guided filter's per-pixel linear fit ``src ~ a . guide + b``, averaged over each pixel's
-    windows: ``(mean a, mean b)``, H x W x 3 and H x W."""
+def _colour_stats(guide: np.ndarray, r: int, eps: float) -> tuple:
+    """What the fit needs of the guide alone: its window means and the inverse of each window's
+    colour covariance plus ``eps`` (6 distinct cofactors of the symmetric 3x3, and the
+    determinant), by cofactors in closed form. The same for every input filtered with one guide."""
     mean_i = _box_mean(guide, r)
-    mean_p = _box_mean(src, r)
-    cov_ip = _box_mean(guide * src[..., None], r) - mean_i * mean_p[..., None]
-    # The window's colour covariance (6 distinct entries) plus eps on the diagonal.
     pairs = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
     prods = np.stack([guide[..., i] * guide[..., j] for i, j in pairs], axis=-1)
     m = _box_mean(prods, r)
     s = [m[..., k] - mean_i[..., i] * mean_i[..., j] for k, (i, j) in enumerate(pairs)]
     rr, rg, rb, gg, gb, bb = s[0] + eps, s[1], s[2], s[3] + eps, s[4], s[5] + eps
-    # Its inverse by cofactors (symmetric), then a = inverse @ cov_ip.
     i_rr, i_rg, i_rb = gg * bb - gb * gb, gb * rb - rg * bb, rg * gb - gg * rb
     i_gg, i_gb, i_bb = rr * bb - rb * rb, rb * rg - rr * gb, rr * gg - rg * rg
     det = rr * i_rr + rg * i_rg + rb * i_rb
+    return mean_i, (i_rr, i_rg, i_rb, i_gg, i_gb, i_bb), det
+
+
+def _coefficients(guide: np.ndarray, src: np.ndarray, r: int, eps: float,
+                  stats: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The guided filter's per-pixel linear fit ``src ~ a . guide + b``, averaged over each pixel's
+    windows: ``(mean a, mean b)``, H x W x 3 and H x W. ``stats``: :func:`_colour_stats` of this
+    guide, r and eps, where the caller already has them."""
+    mean_i, (i_rr, i_rg, i_rb, i_gg, i_gb, i_bb), det = stats or _colour_stats(guide, r, eps)
+    mean_p = _box_mean(src, r)
+    cov_ip = _box_mean(guide * src[..., None], r) - mean_i * mean_p[..., None]
     c0, c1, c2 = cov_ip[..., 0], cov_ip[..., 1], cov_ip[..., 2]
     a = np.stack([i_rr * c0 + i_rg * c1 + i_rb * c2,
                   i_rg * c0 + i_gg * c1 + i_gb * c2,
@@ -105,21 +116,41 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, r: int, eps: float = EPS, 
     return (_resize(mean_a, (h, w)) * guide).sum(-1) + _resize(mean_b, (h, w))
 
 
-def guide_cells(image: np.ndarray, cells: np.ndarray, covered_hw: tuple[int, int], radius: int = CELL_RADIUS,
-                eps: float = EPS, clip: float = CELL_CLIP) -> np.ndarray:
+class CellGuide(NamedTuple):
+    """A frame shrunk to the stride grid, with what :func:`guide_cells` needs of it alone: made
+    once per frame (:func:`cell_guide`) and used for every phrase the frame runs."""
+    covered_hw: tuple[int, int]
+    guide: np.ndarray
+    radius: int
+    stats: tuple
+
+
+def cell_guide(image: np.ndarray, covered_hw: tuple[int, int], radius: int = CELL_RADIUS,
+               eps: float = EPS) -> CellGuide:
+    """``image`` shrunk to ``covered_hw`` pixels (area mean, colours 0..1), and its window
+    statistics for :func:`guide_cells`."""
+    from PIL import Image
+
+    gh, gw = covered_hw
+    guide = np.asarray(Image.fromarray(image).resize((gw, gh), Image.BOX), np.float64) / 255.0
+    return CellGuide((gh, gw), guide, radius, _colour_stats(guide, radius, eps))
+
+
+def guide_cells(image: np.ndarray | CellGuide, cells: np.ndarray, covered_hw: tuple[int, int] | None = None,
+                radius: int = CELL_RADIUS, eps: float = EPS, clip: float = CELL_CLIP) -> np.ndarray:
     """Stride-grid logits ``cells`` made to follow the frame's colour edges: where two touching
     objects of different colours are one blob over the threshold, the blob's logits dip along the
     colour edge between them, so the regions cut from it come apart (the plain bilinear logits
     join a target to its neighbour for about one in five of RoboRef val's wrong answers).
     ``covered_hw``: the cells the frame covers (the rest of the grid is the letterbox's padding
-    and is left as it is); the guide is ``image`` shrunk to that many pixels (area mean)."""
-    from PIL import Image
-
-    gh, gw = covered_hw
-    guide = np.asarray(Image.fromarray(image).resize((gw, gh), Image.BOX), np.float64) / 255.0
-    out = cells.copy()
+    and is left as it is); the guide is ``image`` shrunk to that many pixels (area mean).
+    ``image`` may instead be the frame's :class:`CellGuide` (then ``covered_hw``, ``radius`` and
+    ``eps`` are its own): the guide's share of the work is done once a frame."""
+    g = image if isinstance(image, CellGuide) else cell_guide(image, covered_hw, radius, eps)
+    (gh, gw), out = g.covered_hw, cells.copy()
     src = np.clip(cells[:gh, :gw].astype(np.float64), -clip, clip)
-    out[:gh, :gw] = guided_filter(guide, src, radius, eps)
+    mean_a, mean_b = _coefficients(g.guide, src, g.radius, eps, g.stats)
+    out[:gh, :gw] = (mean_a * g.guide).sum(-1) + mean_b
     return out
 
 

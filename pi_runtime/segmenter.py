@@ -28,7 +28,7 @@ from pi_runtime.phrases import PhraseError, check_phrase, mirror_phrase
 from pi_runtime.plain import generic_description, plain_description
 from pi_runtime.precision import cpu_has_int8_dot
 from pi_runtime.preprocess import letterbox, letterbox_into, load_image, to_rgb_array
-from pi_runtime.refine import guide_cells, refine_mask
+from pi_runtime.refine import cell_guide, guide_cells, refine_mask
 from pi_runtime.regions import GROW_MARGIN, REGION_MODES, RegionTrack, best_region, grow_region
 from pi_runtime.relations import choose_related, parse_relation, without_reference
 from pi_runtime.spatial import parse_selector
@@ -479,7 +479,8 @@ class Segmenter:
         return out, timings
 
     def _run_once(self, image: np.ndarray, phrase: str, runs: dict | None):
-        """:meth:`_raw_logits`, remembered in ``runs`` (phrase -> cells) for one frame: a phrase
+        """:meth:`_raw_logits`, remembered in ``runs`` (phrase -> cells, and the frame's
+        :class:`pi_runtime.refine.CellGuide` under a tuple key) for one frame: a phrase
         the frame already ran (a relation's target and reference can share a generic
         description, "the thing") costs nothing the second time."""
         if runs is not None and phrase in runs:
@@ -502,7 +503,13 @@ class Segmenter:
         if self.refine:  # the logits follow the frame's colour edges (pi_runtime.refine.guide_cells)
             t0 = time.perf_counter()
             (rh, rw), s = box.resized_hw, self.stride
-            cells = guide_cells(image, cells, (-(-rh // s), -(-rw // s)))
+            covered = (-(-rh // s), -(-rw // s))
+            guide = runs.get(("guide", covered)) if runs is not None else None
+            if guide is None:  # once a frame: a relation's reference is guided by the same frame
+                guide = cell_guide(image, covered)
+                if runs is not None:
+                    runs[("guide", covered)] = guide
+            cells = guide_cells(guide, cells)
             timings["post"] = (time.perf_counter() - t0) * 1e3
         return cells, box, timings
 

@@ -93,3 +93,16 @@ def test_guided_cells_follow_the_frames_edges_and_leave_the_padding():
     guided = guide_cells(image, cells, (48, 64))
     assert _iou(guided[:48] > 0, square) > 0.99
     assert np.array_equal(guided[48:], cells[48:]) and guided.shape == cells.shape
+
+
+def test_a_frames_cell_guide_made_once_gives_the_same_cells_for_every_phrase():
+    """The Segmenter makes the frame's CellGuide once and filters each phrase's logits with it:
+    bit for bit what guide_cells computes from the frame each time."""
+    from pi_runtime.refine import cell_guide, guide_cells
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (120, 160, 3), np.uint8)
+    guide = cell_guide(image, (30, 40))
+    for seed in (1, 2):
+        cells = np.random.default_rng(seed).normal(0, 4, (32, 40)).astype(np.float32)
+        assert np.array_equal(guide_cells(guide, cells), guide_cells(image, cells, (30, 40)))
