@@ -69,15 +69,17 @@ def test_committed_student_checkpoint_loads():
     ckpt = Path(__file__).resolve().parents[1] / "checkpoints" / "stdc1-minilm-shapes-roboref"
     model, tok, meta = load_checkpoint(ckpt)
     assert model.config.name == "stdc1-minilm" and model.config.freeze_text
-    assert meta["step"] == 3600 and meta["args"]["data"] == "shapes:1+roboref:1"   # session 11's run
-    assert model.config.deform_sample_channels == (32, 32, 32) and meta["args"]["narrow_deform"] == [32, 32, 32]
+    assert meta["step"] == 2000 and meta["args"]["data"] == "shapes:1+roboref:3"   # session 21's run
+    assert model.config.deform_sample_channels == (32, 32, 32)
     assert model.config.fusion_position
-    assert meta["history"][-1]["steps"] == 5000                                     # on session 9's
-    assert meta["history"][-1]["meta"]["args"]["add_fusion_position"]
-    assert meta["history"][-2]["steps"] == 2600                                     # on session 8's
-    assert meta["history"][-3]["steps"] == 2100                                     # on session 7's
-    assert meta["history"][-4]["meta"]["step"] == 2000                              # on the RoboRef fine-tune
-    earlier = meta["history"][-5]["meta"]
+    assert meta["history"][-1]["steps"] == 3600                                     # on session 11's
+    assert meta["history"][-1]["meta"]["args"]["narrow_deform"] == [32, 32, 32]
+    assert meta["history"][-2]["steps"] == 5000                                     # on session 9's
+    assert meta["history"][-2]["meta"]["args"]["add_fusion_position"]
+    assert meta["history"][-3]["steps"] == 2600                                     # on session 8's
+    assert meta["history"][-4]["steps"] == 2100                                     # on session 7's
+    assert meta["history"][-5]["meta"]["step"] == 2000                              # on the RoboRef fine-tune
+    earlier = meta["history"][-6]["meta"]
     assert earlier["step"] == 4200 and earlier["distilled"]["step"] == 1200       # on the ShapeRef student
     # only what training changed is in model.safetensors; the frozen encoder has its own file, and
     # the image weights are those the shipped fp32 graph holds, referenced, not stored twice
