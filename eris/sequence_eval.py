@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-grow", dest="grow", action="store_false",
                     help="the runtime's --no-grow: keep the chosen region as the threshold cuts it")
     ap.add_argument("--no-refine", dest="refine", action="store_false",
-                    help="the runtime's --no-refine: keep the outline the upsampled logits draw")
+                    help="the runtime's --no-refine: keep the logits and the outline as the model draws them")
     ap.add_argument("--bonus", type=float, nargs="+", default=[1.5],
                     help="RegionTrack bonuses to compare with choosing each frame afresh")
     args = ap.parse_args(argv)

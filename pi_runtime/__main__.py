@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "another candidate: the model often marks only the surest part of an object; README, "
                          "'Session 19')")
     ap.add_argument("--no-refine", dest="refine", action="store_false",
-                    help="keep the mask's outline as the upsampled logits draw it (default: move it to the frame's "
-                         "colour edges with a guided filter, a few ms a frame; README, 'Session 21')")
+                    help="keep the logits and the mask's outline as the model draws them (default: a guided filter "
+                         "pulls both to the frame's colour edges, about 16 ms more a phrase on a 2-core x86; "
+                         "README, 'Session 21')")
     ap.add_argument("--no-sticky", dest="sticky", action="store_false",
                     help="live, with --regions best: choose each frame's region afresh (default: stay on the object "
                          "kept on the last frame unless another scores clearly higher; README, 'Live mode')")
