@@ -29,7 +29,7 @@ from eris.builder import build_model, build_tokenizer
 from eris.checkpoint import load_checkpoint, save_checkpoint
 from eris.config import CONFIGS, get_config
 from eris.data.datasets import Collate, RefCocoTrain, StepBatchSampler, eval_samples, parse_mixture, train_dataset
-from eris.data.roboref_expressions import parse_kind_weights
+from eris.data.roboref_expressions import colour_weights, parse_kind_weights
 from eris.evaluate import evaluate
 from eris.losses import mask_loss
 
@@ -70,6 +70,9 @@ def build_parser(prog: str = "python -m eris.train", description: str | None = N
                     help="RoboRef training phrase-kind mix, overriding the defaults (attribute 0.25, size 0.1, "
                          "location 0.15, depth 0.15, ordinal 0.1, relation 0.25), e.g. location=0.3,ordinal=0.2 "
                          "to draw hard kinds more often; val is unaffected")
+    ap.add_argument("--colour-weights", type=_colour_weights_arg, default=None, metavar="COLOUR=W,...",
+                    help="RoboRef training: draw targets of these colours W times as often as others (1), "
+                         "e.g. white=3,pink=2 for the colours the model finds least; val is unaffected")
     ap.add_argument("--val-data", default=None,
                     help="validation set (shapes, roboref or refcoco; default: the first of --data)")
     ap.add_argument("--data-root", help="refcoco: directory with the refer annotations and images")
@@ -104,6 +107,13 @@ def _kind_weights_arg(spec: str) -> dict[str, float]:
     try:
         return parse_kind_weights(spec)
     except ValueError as e:  # argparse shows an ArgumentTypeError's own message, not a generic one
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _colour_weights_arg(spec: str) -> dict[str, float]:
+    try:
+        return colour_weights(spec)
+    except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
@@ -155,7 +165,7 @@ class _Dist:
 def _dataset(args, tokenizer):
     if args.data != "refcoco":
         scale = (args.scale_min, args.scale_max) if args.scale_min and args.scale_max else None
-        return train_dataset(args.data, args.size, args.seed, scale, args.kind_weights)
+        return train_dataset(args.data, args.size, args.seed, scale, args.kind_weights, args.colour_weights)
     from eris.data.refcoco import RefCoco
 
     split_by = args.split_by or ("umd" if args.dataset == "refcocog" else "unc")

@@ -212,3 +212,52 @@ def test_sequence_eval_scores_sweeps_and_equal_rules_agree(bundle, capsys):
     assert sequence_main(["--bundle", str(bundle / "bundle"), "--precision", "fp32", "--threads", "1",
                           "--n", "1", "--frames", "1", "--no-where-words"]) == 0
     assert json.loads(capsys.readouterr().out)["args"]["where_words"] is False
+
+
+def _six_distinct_objects():
+    from eris.data.roboref import RoboObject
+
+    cats = ["cube", "ball", "duck", "mug", "lego", "ring"]
+    colours = ["white", "red", "blue", "green", "black", "orange"]
+    return [RoboObject(c, col, 0.05, pixels=500, visible=1.0, cx=0.1 + 0.15 * i, cy=0.5, depth=0.5 + 0.05 * i,
+                       position=(0.1 * i, 0.0, 0.0)) for i, (c, col) in enumerate(zip(cats, colours))]
+
+
+def test_colour_weights_steer_which_targets_training_draws():
+    from eris.data.roboref_expressions import generate_expression
+
+    objects = _six_distinct_objects()
+
+    def white_share(weights):
+        targets = [generate_expression(objects, np.random.default_rng([3, i]), colour_weights=weights)[0]
+                   for i in range(300)]
+        return np.mean([objects[t].colour == "white" for t in targets])
+
+    # Six colours, one object each: uniform draws give white about 1/6; white=5 about 5/10.
+    assert 0.08 < white_share(None) < 0.26
+    assert white_share({"white": 5.0}) > 0.38
+    assert white_share({"white": 0.0}) == 0.0
+    # No weights draw exactly as before (val and test phrases unchanged).
+    a = generate_expression(objects, np.random.default_rng(11))
+    b = generate_expression(objects, np.random.default_rng(11), colour_weights=None)
+    assert a == b
+
+
+def test_colour_weights_parse_validate_and_reach_the_train_cli(capsys):
+    from eris.data.datasets import train_dataset
+    from eris.data.roboref_expressions import colour_weights
+    from eris.train import build_parser
+
+    assert colour_weights(" white=3, pink=2 ") == {"white": 3.0, "pink": 2.0}
+    for spec, message in [("grey=2", "unknown RoboRef colour 'grey'"), ("white", "not COLOUR=NUMBER"),
+                          ("white=lots", "not COLOUR=NUMBER"), ("white=-1", "non-negative")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            colour_weights(spec)
+    with pytest.raises(ValueError, match="colour weights apply to rendered RoboRef only"):
+        train_dataset("shapes", 64, colour_weights={"white": 3.0})
+    ds = train_dataset("shapes:1+roboref:1", 64, colour_weights={"white": 3.0})
+    assert ds.sources[1].colour_weights == {"white": 3.0} and not hasattr(ds.sources[0], "colour_weights")
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--out", "r", "--colour-weights", "grey=1"])
+    assert exc.value.code == 2 and "--colour-weights: unknown RoboRef colour 'grey'" in capsys.readouterr().err
+    assert build_parser().parse_args(["--out", "r", "--colour-weights", "white=5"]).colour_weights == {"white": 5.0}

@@ -157,25 +157,29 @@ def _manifest_path(name: str) -> Path:
     return p / "manifest.jsonl" if p.is_dir() else p
 
 
-def _synthetic(name: str, size: int, seed: int, scale_range=None, kind_weights=None) -> Dataset:
+def _synthetic(name: str, size: int, seed: int, scale_range=None, kind_weights=None, colour_weights=None) -> Dataset:
     if name not in SYNTHETIC_DATA:
         return ManifestTrain(_manifest_path(name), size, seed, scale_range=scale_range or (0.75, 1.0))
     if name == "shapes":
         return ShapeRefTrain(size, seed, scale_range=scale_range or (0.6, 1.0))
     from eris.data.roboref import RoboRefTrain
 
-    return RoboRefTrain(size, seed, scale_range=scale_range or (0.75, 1.0), kind_weights=kind_weights)
+    return RoboRefTrain(size, seed, scale_range=scale_range or (0.75, 1.0), kind_weights=kind_weights,
+                        colour_weights=colour_weights)
 
 
-def train_dataset(spec: str, size: int, seed: int = 0, scale_range=None, kind_weights=None) -> Dataset:
+def train_dataset(spec: str, size: int, seed: int = 0, scale_range=None, kind_weights=None,
+                  colour_weights=None) -> Dataset:
     """The training stream for ``--data`` (``shapes``, ``roboref`` or a mixture, see :func:`parse_mixture`).
-    ``kind_weights`` overrides RoboRef's phrase-kind mix (``{"location": 0.3}``); other sources ignore it."""
+    ``kind_weights`` overrides RoboRef's phrase-kind mix (``{"location": 0.3}``) and ``colour_weights``
+    its target colours' odds (``{"white": 3}``); other sources ignore them."""
     parts = parse_mixture(spec)
-    if kind_weights and not any(n == "roboref" for n, _ in parts):
-        raise ValueError(f"kind weights apply to rendered RoboRef only, and --data {spec!r} has none")
+    for what, given in (("kind weights", kind_weights), ("colour weights", colour_weights)):
+        if given and not any(n == "roboref" for n, _ in parts):
+            raise ValueError(f"{what} apply to rendered RoboRef only, and --data {spec!r} has none")
     if len(parts) == 1:
-        return _synthetic(parts[0][0], size, seed, scale_range, kind_weights)
-    return MixtureTrain([_synthetic(n, size, seed, scale_range, kind_weights) for n, _ in parts],
+        return _synthetic(parts[0][0], size, seed, scale_range, kind_weights, colour_weights)
+    return MixtureTrain([_synthetic(n, size, seed, scale_range, kind_weights, colour_weights) for n, _ in parts],
                         [w for _, w in parts], seed)
 
 

@@ -461,26 +461,30 @@ def place_scene(rng: np.random.Generator) -> tuple[RoboScene, list[int]]:
     return scene, bodies
 
 
-def draw_scene(rng: np.random.Generator, kind_weights: dict[str, float] | None = None):
+def draw_scene(rng: np.random.Generator, kind_weights: dict[str, float] | None = None,
+               colour_weights: dict[str, float] | None = None):
     """``(scene, (target, kind, phrase))`` drawn from ``rng``, absent-target phrases at
     :data:`ABSENT_P`; a scene where no expression is unique is redrawn, up to 20 times (then None)."""
     absent = rng.random() < ABSENT_P
     for _ in range(20):
         scene, _ = place_scene(rng)
-        found = generate_expression(scene.objects, rng, absent=absent, weights=kind_weights)
+        found = generate_expression(scene.objects, rng, absent=absent, weights=kind_weights,
+                                    colour_weights=colour_weights)
         if found is not None:
             return scene, found
     return None
 
 
 def get_sample(split: str, index: int, seed: int = 0, long_side: int = 640, degrade: bool = True,
-               kind_weights: dict[str, float] | None = None) -> RoboRefSample:
+               kind_weights: dict[str, float] | None = None,
+               colour_weights: dict[str, float] | None = None) -> RoboRefSample:
     """Sample ``index`` of ``split``; the same on any machine for the same arguments.
-    ``kind_weights``: the phrase-kind mix (training only; see ``roboref_expressions.kind_weights``)."""
+    ``kind_weights``: the phrase-kind mix; ``colour_weights``: the target colours' odds (training
+    only; see ``roboref_expressions.kind_weights`` and ``colour_weights``)."""
     size = SPLIT_SIZES.get(split)
     if size is not None and not 0 <= index < size:
         raise IndexError(f"{split} has {size} samples; index {index} is out of range")
-    drawn = draw_scene(_rng(split, index, seed), kind_weights)
+    drawn = draw_scene(_rng(split, index, seed), kind_weights, colour_weights)
     if drawn is None:
         raise RuntimeError(f"roboref {split}/{index}: no referable object in 20 scenes")
     scene, (target, kind, phrase) = drawn
@@ -495,11 +499,12 @@ class RoboRefTrain:
     (scale, placement, flip with the left/right rewrite; no crop, which would change "leftmost")."""
 
     def __init__(self, size: int, seed: int = 0, scale_range=(0.75, 1.0), flip_p: float = 0.5,
-                 kind_weights: dict[str, float] | None = None):
+                 kind_weights: dict[str, float] | None = None, colour_weights: dict[str, float] | None = None):
         from eris.data.roboref_expressions import kind_weights as full_weights
 
         self.size, self.seed, self.scale_range, self.flip_p = size, seed, scale_range, flip_p
         self.kind_weights = full_weights(kind_weights) if kind_weights else None
+        self.colour_weights = dict(colour_weights) if colour_weights else None
 
     def __len__(self) -> int:
         return 10 ** 9
@@ -508,7 +513,8 @@ class RoboRefTrain:
         from eris.data.datasets import _to_item
         from eris.data.transforms import random_scale_pad_flip
 
-        s = get_sample("train", index, self.seed, long_side=self.size, kind_weights=self.kind_weights)
+        s = get_sample("train", index, self.seed, long_side=self.size, kind_weights=self.kind_weights,
+                       colour_weights=self.colour_weights)
         rng = np.random.default_rng([self.seed, 7919, 77, index])
         image, mask, phrase = random_scale_pad_flip(s.image, s.mask, s.phrase, self.size, rng,
                                                     self.scale_range, self.flip_p)
