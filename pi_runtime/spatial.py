@@ -14,9 +14,10 @@ domino"), whose place the grid alone cannot give, so such phrases get none here
 (:mod:`pi_runtime.relations` chooses for them), and phrases without a where-word keep the model's
 own choice (:func:`pi_runtime.regions.best_region`). Depth words ("nearest", "farthest from the
 camera", "at the back") order the candidates by how low they reach in the frame, size words
-("biggest", "small") by their area. Both were measured worse than the model's own choice while
-the candidates were the full phrase's alone (README, sessions 15 and 17): the model often marks
-no object of the kind at all for such a phrase. With the plain description's candidates added
+("biggest", "small") by their apparent size over how far below the horizon they stand
+(:data:`SIZE_HORIZON`). Both were measured worse than the model's own choice while the
+candidates were the full phrase's alone (README, sessions 15 and 17): the model often marks no
+object of the kind at all for such a phrase. With the plain description's candidates added
 (:mod:`pi_runtime.plain`) they are better (README, "Session 18").
 
 Candidates are the 8-connected regions of the stride-4 logit grid over the mask threshold whose
@@ -49,6 +50,13 @@ CANDIDATE_SHARE = 0.5
 # RoboRef val's location and ordinal phrases and confirmed on RoboRef test and ShapeRef val
 # (README, "Session 20"); depth and size words were better at 0.5.
 PLACE_SHARE = 0.25
+# Size words name the object's own size, not how big it looks: a near can looks bigger than a far
+# one twice its size. On a camera looking down at a table an object's scale in the frame grows
+# linearly with how far below the horizon it stands, so "size" divides the region's apparent size
+# (square root of its share of the frame) by (its lowest row - SIZE_HORIZON), rows as fractions of
+# the frame's height from the top. The horizon's row depends on the camera's pitch and field of view,
+# which the runtime does not know; SIZE_HORIZON is one row for all frames (-inf: apparent size).
+SIZE_HORIZON = -0.5
 # Live mode: the last frame's object stays picked while its place (a fraction of the frame's
 # side) is within this of the picked one's (README, "Session 15: where-words and relations").
 HYSTERESIS = 0.05
@@ -102,7 +110,8 @@ class Selector:
     Keys: ``x``, ``y`` (the region's centre, 0 at the left / top), ``centre`` (distance from the
     frame's centre), the corners ``top left`` ... ``bottom right`` (distance from the corner),
     ``bottom`` (the region's lowest row: depth words) and ``size`` (the square root of its share of
-    the frame, so that live mode's hysteresis is a share of the frame's side for it too)."""
+    the frame over its lowest row's distance below :data:`SIZE_HORIZON`, 0.5-1.5 of the frame's
+    height, so that live mode's hysteresis stays about a share of the frame's side for it too)."""
     key: str
     descending: bool = False
     rank: int = 0
@@ -147,7 +156,8 @@ def _geometry(labels: np.ndarray, n: int, grid_hw: tuple[int, int], origin: tupl
     cx, cy = boxes["cx"] / w, boxes["cy"] / h
     cells = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     keys = {"x": cx, "y": cy, "centre": np.hypot(cx - 0.5, cy - 0.5), "bottom": boxes["y1"] / h,
-            "size": np.sqrt(cells / (h * w))}
+            "size": np.sqrt(cells / (h * w)) / (np.maximum(boxes["y1"] / h - SIZE_HORIZON, 1e-3)
+                                                if np.isfinite(SIZE_HORIZON) else 1.0)}
     for corner in ("top left", "top right", "bottom left", "bottom right"):
         vert, horiz = corner.split()
         keys[corner] = np.hypot(cx - (0.0 if horiz == "left" else 1.0), cy - (0.0 if vert == "top" else 1.0))

@@ -82,6 +82,20 @@ def test_depth_words_order_by_the_lowest_row_and_size_words_by_area():
     assert _kept_column(best_region(grid, 0.0, pick=parse_selector("the small cube").pick)) in (2, 30)
 
 
+def test_size_words_weigh_apparent_size_by_how_far_below_the_horizon_a_region_stands(monkeypatch):
+    import pi_runtime.spatial as spatial
+
+    grid = np.full((40, 40), -5.0, np.float32)
+    grid[4:8, 4:8] = 3.0        # high in the frame (far): looks 4 cells wide, bottom row 0.2
+    grid[32:37, 24:29] = 3.0    # low in the frame (near): looks 5 cells wide, bottom row 0.93
+    # 0.1 / (0.2 + 0.5) = 0.14 against 0.125 / (0.93 + 0.5) = 0.09: the far one is the bigger object
+    assert spatial.SIZE_HORIZON == -0.5
+    assert _kept_column(best_region(grid, 0.0, pick=parse_selector("the biggest can").pick)) == 4
+    assert _kept_column(best_region(grid, 0.0, pick=parse_selector("the smallest can").pick)) == 24
+    monkeypatch.setattr(spatial, "SIZE_HORIZON", -float("inf"))   # apparent size alone: the near one
+    assert _kept_column(best_region(grid, 0.0, pick=parse_selector("the biggest can").pick)) == 24
+
+
 def test_a_faint_region_is_no_candidate_and_a_rank_past_the_candidates_keeps_the_best():
     grid = _three_blobs(strengths=(0.2, 4.0, 3.0))                # the left blob scores 5 % of the best
     assert _kept_column(best_region(grid, 0.0, pick=Selector("x").pick)) == 16
