@@ -66,11 +66,11 @@ def build_parser(prog: str = "python -m eris.train", description: str | None = N
     ap.add_argument("--data", default="shapes",
                     help="training data: shapes, roboref, a mixture (shapes+roboref, or weighted shapes:1+roboref:3), "
                          "or refcoco")
-    ap.add_argument("--kind-weights", type=_kind_weights_arg, default=None, metavar="KIND=W,...",
+    ap.add_argument("--kind-weights", type=_argparse_type(parse_kind_weights), default=None, metavar="KIND=W,...",
                     help="RoboRef training phrase-kind mix, overriding the defaults (attribute 0.25, size 0.1, "
                          "location 0.15, depth 0.15, ordinal 0.1, relation 0.25), e.g. location=0.3,ordinal=0.2 "
                          "to draw hard kinds more often; val is unaffected")
-    ap.add_argument("--colour-weights", type=_colour_weights_arg, default=None, metavar="COLOUR=W,...",
+    ap.add_argument("--colour-weights", type=_argparse_type(colour_weights), default=None, metavar="COLOUR=W,...",
                     help="RoboRef training: draw targets of these colours W times as often as others (1), "
                          "e.g. white=3,pink=2 for the colours the model finds least; val is unaffected")
     ap.add_argument("--val-data", default=None,
@@ -103,18 +103,16 @@ def build_parser(prog: str = "python -m eris.train", description: str | None = N
     return ap
 
 
-def _kind_weights_arg(spec: str) -> dict[str, float]:
-    try:
-        return parse_kind_weights(spec)
-    except ValueError as e:  # argparse shows an ArgumentTypeError's own message, not a generic one
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _colour_weights_arg(spec: str) -> dict[str, float]:
-    try:
-        return colour_weights(spec)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _argparse_type(parse):
+    """``parse`` as an argparse ``type``: its ValueError becomes an ArgumentTypeError, whose own
+    message argparse shows (not a generic one); the name stays for "invalid ... value"."""
+    def parsed(spec: str):
+        try:
+            return parse(spec)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parsed.__name__ = parse.__name__
+    return parsed
 
 
 def with_position(model, fusion: bool = False, tvr: bool = False):

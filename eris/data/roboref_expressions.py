@@ -243,35 +243,33 @@ def colour_weights(spec: str) -> dict[str, float]:
     darker than a pale table."""
     from eris.data.roboref import COLOURS
 
-    out = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        colour, sep, value = part.partition("=")
-        colour = colour.strip()
-        try:
-            w = float(value)
-        except ValueError:
-            w = None
-        if not sep or w is None:
-            raise ValueError(f"colour weights {spec!r}: {part!r} is not COLOUR=NUMBER")
+    out = _name_numbers(spec, "colour")
+    for colour, w in out.items():
         if colour not in COLOURS:
             raise ValueError(f"unknown RoboRef colour {colour!r}; choose from {', '.join(COLOURS)}")
         if not (w >= 0 and np.isfinite(w)):
-            raise ValueError(f"colour weight {colour}={value.strip()}: must be a non-negative number")
-        out[colour] = w
+            raise ValueError(f"colour weight {colour}={w}: must be a non-negative number")
+    return out
+
+
+def _name_numbers(spec: str, what: str) -> dict[str, float]:
+    """``"a=0.3, b=2"`` -> ``{"a": 0.3, "b": 2.0}``; a part that is not NAME=NUMBER is a ValueError
+    naming ``what`` ("kind", "colour")."""
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"{what} weights {spec!r}: {part!r} is not {what.upper()}=NUMBER")
     return out
 
 
 def parse_kind_weights(spec: str) -> dict[str, float]:
     """``"location=0.3,ordinal=0.2"`` -> ``{"location": 0.3, "ordinal": 0.2}`` (checked by :func:`kind_weights`)."""
-    out = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        kind, sep, value = part.partition("=")
-        try:
-            out[kind.strip()] = float(value)
-        except ValueError:
-            raise ValueError(f"kind weights {spec!r}: {part!r} is not KIND=NUMBER") from None
-        if not sep:
-            raise ValueError(f"kind weights {spec!r}: {part!r} is not KIND=NUMBER")
+    out = _name_numbers(spec, "kind")
     kind_weights(out)
     return out
 
