@@ -42,7 +42,7 @@ from eris.text.bert import default_text_model_dir, load_bert_weights
 from eris.text.tokenizer import PhraseTokenizer
 from pi_runtime.files import atomic_write
 
-__all__ = ["save_checkpoint", "load_checkpoint", "reference_graph_weights", "CHECKPOINT_FILES",
+__all__ = ["save_checkpoint", "load_checkpoint", "reference_graph_weights", "average_checkpoints", "CHECKPOINT_FILES",
            "TEXT_ENCODER_FILE", "TEXT_PACKAGE", "GRAPH_REFERENCE"]
 
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "tokenizer.json", "meta.json")
@@ -234,6 +234,30 @@ def reference_graph_weights(ckpt_dir: str | Path, graph: str | Path) -> dict:
                                                                           for v in kept.values())}
 
 
+def average_checkpoints(checkpoints: list[str | Path], out_dir: str | Path, meta: dict | None = None) -> Path:
+    """Writes the mean of every trained floating-point tensor of ``checkpoints`` (same config; batch-norm
+    statistics included) to ``out_dir`` in fp16, a "model soup" (Wortsman et al. 2022; README "Session 23").
+    Why not average the frozen text encoder too: the checkpoints hold it in different precisions (fp16 in
+    a shipped checkpoint, fp32 in a run), so a mean would round differently from the file the bundle
+    ships and the text graph would no longer be byte-identical; it is taken from the first checkpoint."""
+    if len(checkpoints) < 2:
+        raise ValueError("averaging needs at least two checkpoints")
+    loaded = [load_checkpoint(c) for c in checkpoints]
+    model, tokenizer, first_meta = loaded[0]
+    names = [m.config.name for m, _, _ in loaded]
+    if len(set(names)) != 1:
+        raise ValueError(f"checkpoints of different configs cannot be averaged: {names}")
+    states = [m.state_dict() for m, _, _ in loaded]
+    frozen = model.config.freeze_text
+    mean = {k: (sum(s[k].float() for s in states) / len(states)).to(v.dtype)
+            if v.is_floating_point() and not (frozen and k.startswith(TEXT_PREFIX)) else v
+            for k, v in states[0].items()}
+    model.load_state_dict(mean)
+    meta = dict(first_meta if meta is None else meta)
+    meta["averaged"] = [str(c) for c in checkpoints]
+    return save_checkpoint(model, out_dir, tokenizer, meta, dtype=torch.float16)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -243,7 +267,21 @@ def main(argv: list[str] | None = None) -> int:
                                                  "bit for bit (GRAPH: an fp32 image graph exported from it)")
     ref.add_argument("checkpoint", type=Path, help="checkpoint directory")
     ref.add_argument("graph", type=Path, help="image_fp32.onnx exported from this checkpoint")
+    avg = sub.add_parser("average", help="write the mean of the checkpoints' trained weights (fp16; the frozen "
+                                         "text encoder is the first checkpoint's)")
+    avg.add_argument("out", type=Path, help="output checkpoint directory")
+    avg.add_argument("checkpoints", type=Path, nargs="+", help="two or more checkpoint directories of one config")
     args = ap.parse_args(argv)
+    if args.cmd == "average":
+        for c in args.checkpoints:
+            if not (c / "model.safetensors").is_file():
+                ap.exit(2, f"{c}: not a checkpoint (no model.safetensors)\n")
+        try:
+            average_checkpoints(args.checkpoints, args.out)
+        except ValueError as e:
+            ap.exit(2, f"{e}\n")
+        print(f"{args.out}: mean of {len(args.checkpoints)} checkpoints")
+        return 0
     for path in (args.checkpoint / "model.safetensors", args.graph):
         if not path.is_file():
             ap.exit(2, f"{path}: no such file\n")

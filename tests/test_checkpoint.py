@@ -183,3 +183,31 @@ def test_weights_kept_in_an_image_graph_are_referenced_not_copied(tiny_model, to
     (tmp_path / "image_fp32.onnx").unlink()
     with pytest.raises(FileNotFoundError, match="image_fp32.onnx"):
         load_checkpoint(ck)
+
+
+def test_average_checkpoints_means_trained_weights_and_keeps_first_frozen_encoder(tmp_path):
+    """The shipped model is such a mean (README "Session 23"): trained tensors are averaged, the frozen
+    encoder is the first checkpoint's bit for bit, and one checkpoint alone is refused."""
+    from eris.checkpoint import TEXT_PREFIX, average_checkpoints, main
+
+    torch.manual_seed(0)
+    a = build_model(get_config("stdc1-minilm").replace(freeze_text=True)).eval()
+    b = build_model(get_config("stdc1-minilm").replace(freeze_text=True)).eval()
+    with torch.no_grad():
+        for k, v in b.state_dict().items():
+            if v.is_floating_point():
+                v.add_(0.5)  # text too: the mean must not take it
+    save_checkpoint(a, tmp_path / "a", dtype=torch.float16)
+    save_checkpoint(b, tmp_path / "b", dtype=torch.float16)
+    assert main(["average", str(tmp_path / "m"), str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    m, _, meta = load_checkpoint(tmp_path / "m")
+    sm = m.state_dict()
+    sa, sb = load_checkpoint(tmp_path / "a")[0].state_dict(), load_checkpoint(tmp_path / "b")[0].state_dict()
+    conv = "backbone.features.0.conv.weight"
+    assert torch.allclose(sm[conv].float(), ((sa[conv].float() + sb[conv].float()) / 2).half().float())
+    assert not torch.equal(sm[conv], sa[conv])
+    text = [k for k in sm if k.startswith(TEXT_PREFIX)]
+    assert text and all(torch.equal(sm[k], sa[k]) for k in text)
+    assert meta["averaged"] == [str(tmp_path / "a"), str(tmp_path / "b")]
+    with pytest.raises(ValueError, match="at least two"):
+        average_checkpoints([tmp_path / "a"], tmp_path / "x")
