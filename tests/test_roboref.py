@@ -10,9 +10,10 @@ pytest.importorskip("pybullet", reason="RoboRef needs pybullet (the [train] extr
 
 from eris.data import roboref  # noqa: E402
 from eris.data.expressions import flip_phrase  # noqa: E402
-from eris.data.roboref import (CATEGORIES, COLOURS, MIN_PIXELS, MIN_VISIBLE, get_sample, main,  # noqa: E402
-                               place_scene, render_sequence)
-from eris.data.roboref_expressions import ROBOREF_KINDS, WRAPPERS, template_count  # noqa: E402
+from eris.data.roboref import (CATEGORIES, COLOURS, MIN_PIXELS, MIN_SEEN_PIXELS, MIN_VISIBLE,  # noqa: E402
+                               RoboObject, get_sample, main, place_scene, render_sequence)
+from eris.data.roboref_expressions import (ROBOREF_KINDS, WRAPPERS, generate_expression,  # noqa: E402
+                                           template_count)
 
 SIDE = 128
 NOUNS = {noun: cat for cat, (nouns, _, _) in CATEGORIES.items() for noun in nouns}
@@ -65,15 +66,54 @@ def test_present_targets_are_visible_and_the_only_match(samples):
         assert t.pixels >= MIN_PIXELS and t.visible >= MIN_VISIBLE and s.mask.any(), s.phrase
         if s.kind in ("colour", "category", "colour+category"):
             colour, noun = COLOUR_RE.search(_np(s.phrase)), NOUN_RE.search(_np(s.phrase))
-            matching = [i for i, o in enumerate(objs) if o.pixels >= MIN_PIXELS
+            matching = [i for i, o in enumerate(objs) if o.pixels >= MIN_SEEN_PIXELS
                         and (colour is None or o.colour == colour.group(1))
                         and (noun is None or o.category == NOUNS[noun.group(1)])]
             assert matching == [s.target], s.phrase
         if s.kind == "location" and ("leftmost" in s.phrase or "on the left" in s.phrase):
             noun = NOUN_RE.search(_np(s.phrase))
-            same = [o for o in objs if o.pixels >= MIN_PIXELS and (noun is None or o.category == NOUNS[noun.group(1)])
+            same = [o for o in objs if o.pixels >= MIN_SEEN_PIXELS and (noun is None or o.category == NOUNS[noun.group(1)])
                     and (not COLOUR_RE.search(s.phrase) or o.colour == COLOUR_RE.search(s.phrase).group(1))]
             assert min(same, key=lambda o: o.cx) is t, s.phrase
+
+
+def _obj(category, colour, pixels, cx, visible=1.0):
+    return RoboObject(category, colour, 0.05, position=(cx, 0.3, 0.02), pixels=pixels, visible=visible, cx=cx,
+                      cy=0.5, depth=0.5)
+
+
+def test_small_objects_in_view_are_distractors_but_not_targets():
+    """An object too small to be a target (under MIN_PIXELS) is still in plain view: a phrase must
+    not also fit it. Here a big red cube and a small red cube: "the red cube" / "the cube" /
+    "the red one" fit both, so no attribute phrase may be made, and the small one is never the
+    target; with the small cube out of view (under MIN_SEEN_PIXELS) they are fine again."""
+    small = (MIN_SEEN_PIXELS + MIN_PIXELS) // 2
+    for hidden, expect_attribute in ((False, False), (True, True)):
+        objs = [_obj("cube", "red", 400, 0.3), _obj("cube", "red", MIN_SEEN_PIXELS - 1 if hidden else small, 0.7),
+                _obj("duck", "yellow", 300, 0.5)]
+        made = set()
+        for seed in range(60):
+            out = generate_expression(objs, np.random.default_rng(seed), weights={"attribute": 1.0})
+            if out is not None:
+                assert out[0] != 1, out
+                made.add(out[0])
+        assert (0 in made) == expect_attribute, made
+        assert 2 in made  # the duck is unique either way
+
+
+def test_an_ordinal_is_made_only_where_a_small_object_does_not_change_the_count():
+    """Rings at x 0.2, 0.5 (small: may be seen or not) and 0.8: counting from the left, the ring at
+    0.8 is second or third depending on the small one, so no ordinal picks it; counted from the
+    right the small ring comes after the ring at 0.8 (first either way), so that one is made."""
+    small = (MIN_SEEN_PIXELS + MIN_PIXELS) // 2
+    objs = [_obj("ring", "red", 300, 0.2), _obj("ring", "blue", small, 0.5), _obj("ring", "green", 300, 0.8),
+            _obj("duck", "yellow", 300, 0.35)]
+    made = set()
+    for seed in range(200):
+        out = generate_expression(objs, np.random.default_rng(seed), weights={"ordinal": 1.0})
+        if out is not None and out[0] == 2:
+            made.add(out[2])
+    assert made and all("right" in p and ("first" in p or "1st" in p) for p in made), made
 
 
 def test_mask_is_exactly_the_targets_pixels():

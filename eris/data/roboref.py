@@ -6,7 +6,7 @@ triangle/prism; meshes from ``pybullet_data``), dropped and settled by a short p
 stacked. PyBullet's CPU renderer (TinyRenderer: shading, shadows, perspective) draws the frame
 and an exact per-object segmentation buffer; the camera's defects (blur, noise, white balance,
 exposure, JPEG) are added after. One phrase per sample picks out exactly one visible object (it
-keeps >= 40 % of its own pixels), or, for about 10 % of samples, names something the scene does
+keeps >= 40 % of its own pixels) among every object in view, small and far ones included, or, for about 10 % of samples, names something the scene does
 not contain (``kind == "absent"``, empty mask: "not there" is an answer the model must learn).
 
 Samples are a pure function of ``(split, index, seed)``: the scene and the expression are decided
@@ -41,7 +41,14 @@ SPLITS = {"train": 0, "val": 1, "test": 2}
 SPLIT_SIZES = {"val": 1000, "test": 1000}
 ANALYSIS_LONG_SIDE = 192          # expressions are decided on a segmentation of this size
 MIN_VISIBLE = 0.40                # the target keeps this share of its own pixels
-MIN_PIXELS = 40                   # at analysis size: fewer and an object counts as unseen
+MIN_PIXELS = 40                   # at analysis size: a target (or a reference) shows this many pixels
+# ... and any object showing this many may be seen: a phrase must not fit it too, and an ordinal is
+# made only where counting it or not gives the same answer (eris.data.roboref_expressions). 8
+# pixels at 192 are about 90 at 640 x 480. Until session 25 MIN_PIXELS (about 440 pixels at 640)
+# was the only line, so a small or far object in plain view was left out of the uniqueness checks:
+# "the domino next to the blue ball" had a second domino as near, "the duck" a second, smaller duck
+# (README, "Session 25").
+MIN_SEEN_PIXELS = 8
 ABSENT_P = 0.10
 
 # name -> nouns (first is canonical), how it is built, (min, max) longest dimension in metres.

@@ -93,8 +93,13 @@ def _unique_desc(objs, i, rng):
     return None
 
 
-def _propose(kind: str, objs: dict, t: int, rng):
-    """``(phrase kind, np text)`` if an expression of ``kind`` clearly picks ``t``, else None."""
+def _propose(kind: str, objs: dict, t: int, rng, sure: dict | None = None):
+    """``(phrase kind, np text)`` if an expression of ``kind`` clearly picks ``t``, else None.
+    ``objs``: every object a person may see (the phrase must not fit another of them); ``sure``:
+    those nobody can miss (default ``objs``). An object in ``objs`` but not in ``sure`` (small,
+    far or mostly hidden) is never a reference, and an ordinal is made only where counting it or
+    not gives the same answer: whether a person counts a sliver of ring behind a mug is not known."""
+    sure = objs if sure is None else sure
     o = objs[t]
     level = int(rng.integers(3))
     colour = o.colour if level in (0, 2) else None
@@ -148,7 +153,7 @@ def _propose(kind: str, objs: dict, t: int, rng):
         side = _pick(rng, ["left", "right"])
         order = sorted(cand, key=lambda k: cand[k].cx if side == "left" else -cand[k].cx)
         pos = order.index(t)
-        if pos > 2 or len(cand) < max(pos + 1, 2):
+        if pos > 2 or len(cand) < max(pos + 1, 2) or [k for k in order if k in sure].index(t) != pos:
             return None
         xs = [cand[k].cx for k in order]
         gaps = [abs(xs[j + 1] - xs[j]) for j in range(max(pos - 1, 0), min(pos + 1, len(xs) - 1))]
@@ -158,11 +163,11 @@ def _propose(kind: str, objs: dict, t: int, rng):
     if kind == "relation":
         rel = _pick(rng, list(RELATION_WORDS))
         if rel == "on":
-            if o.on is None or o.on not in objs:
+            if o.on is None or o.on not in sure:
                 return None
             refs = [o.on]
         else:
-            refs = [k for k in objs if k != t]
+            refs = [k for k in sure if k != t]
             rng.shuffle(refs)
         for r in refs:
             found = _relation(rel, objs, cand, t, r, rng, d)
@@ -283,10 +288,13 @@ def generate_expression(objects, rng: np.random.Generator, absent: bool = False,
     if absent:
         np_text = _absent(objects, rng)
         return None if np_text is None else (None, "absent", _pick(rng, WRAPPERS).format(np=np_text))
-    from eris.data.roboref import MIN_PIXELS, MIN_VISIBLE
+    from eris.data.roboref import MIN_PIXELS, MIN_SEEN_PIXELS, MIN_VISIBLE
 
-    seen = {i: o for i, o in enumerate(objects) if o.pixels >= MIN_PIXELS}
-    targets = [i for i, o in seen.items() if o.visible >= MIN_VISIBLE]
+    # Every object in view is a distractor; those showing MIN_PIXELS are surely seen (references,
+    # counted by ordinals); only the clearly visible ones of those can be targets.
+    seen = {i: o for i, o in enumerate(objects) if o.pixels >= MIN_SEEN_PIXELS}
+    sure = {i: o for i, o in seen.items() if o.pixels >= MIN_PIXELS}
+    targets = [i for i, o in sure.items() if o.visible >= MIN_VISIBLE]
     if not targets:
         return None
     weights = weights or KIND_WEIGHTS
@@ -299,7 +307,7 @@ def generate_expression(objects, rng: np.random.Generator, absent: bool = False,
     for k in rng.choice(len(kinds), size=len(kinds), replace=False, p=w / w.sum()):
         for _ in range(attempts_per_kind):
             t = targets[int(rng.integers(len(targets)) if tw is None else rng.choice(len(targets), p=tw))]
-            found = _propose(kinds[k], seen, t, rng)
+            found = _propose(kinds[k], seen, t, rng, sure)
             if found is not None:
                 kind, np_text = found
                 wrapper = "{np}" if np_text.startswith("counting") else _pick(rng, WRAPPERS)
