@@ -69,26 +69,29 @@ def test_committed_student_checkpoint_loads():
     ckpt = Path(__file__).resolve().parents[1] / "checkpoints" / "stdc1-minilm-shapes-roboref"
     model, tok, meta = load_checkpoint(ckpt)
     assert model.config.name == "stdc1-minilm" and model.config.freeze_text
-    # session 23's weight average of four models (README "Session 23"): the top-level args are its
-    # last run's; the history names every stage, the averaged ones included
-    assert meta["step"] == 2000 and meta["args"]["data"] == "shapes:1+roboref:3" and "mean" in meta["note"]
+    # session 25's weight average of session 23's four-model mean and a 480-pixel run from it (README
+    # "Session 25"): the top-level args are that run's; the history names every stage, the averaged ones included
+    assert meta["step"] == 600 and meta["args"]["data"] == "shapes:1+roboref:3" and "mean" in meta["note"]
+    assert meta["args"]["size"] == 480
     assert model.config.deform_sample_channels == (32, 32, 32)
     assert model.config.fusion_position
     h = meta["history"]
-    assert h[-1]["seed"] == 26 and h[-1]["meta"]["args"]["colour_weights"] is None     # run b, from the average
-    assert h[-2]["seed"] == 25 and h[-2]["meta"]["args"]["colour_weights"] == {"white": 2.0, "pink": 1.5}
-    assert h[-1]["meta"]["args"]["init"] == h[-2]["meta"]["args"]["init"] == "build/ck_soup"
-    assert h[-3]["steps"] == 0 and "average" in h[-3]["stage"]                          # session 22's average
-    assert h[-4]["seed"] == 24 and h[-4]["meta"]["args"]["colour_weights"] == {"white": 5.0, "pink": 3.0}
-    assert h[-5]["seed"] == 23 and h[-5]["meta"]["step"] == 2000                       # session 21's run
-    assert h[-6]["steps"] == 3600                                                      # on session 11's
-    assert h[-6]["meta"]["args"]["narrow_deform"] == [32, 32, 32]
-    assert h[-7]["steps"] == 5000                                                      # on session 9's
-    assert h[-7]["meta"]["args"]["add_fusion_position"]
-    assert h[-8]["steps"] == 2600                                                      # on session 8's
-    assert h[-9]["steps"] == 2100                                                      # on session 7's
-    assert h[-10]["meta"]["step"] == 2000                                              # on the RoboRef fine-tune
-    earlier = h[-11]["meta"]
+    assert h[-1]["seed"] == 30 and h[-1]["meta"]["args"]["size"] == 480 and h[-1]["meta"]["step"] == 600
+    assert h[-2]["steps"] == 0 and "average" in h[-2]["stage"]                          # session 23's average
+    assert h[-3]["seed"] == 26 and h[-3]["meta"]["args"]["colour_weights"] is None     # run b, from the average
+    assert h[-4]["seed"] == 25 and h[-4]["meta"]["args"]["colour_weights"] == {"white": 2.0, "pink": 1.5}
+    assert h[-3]["meta"]["args"]["init"] == h[-4]["meta"]["args"]["init"] == "build/ck_soup"
+    assert h[-5]["steps"] == 0 and "average" in h[-5]["stage"]                          # session 22's average
+    assert h[-6]["seed"] == 24 and h[-6]["meta"]["args"]["colour_weights"] == {"white": 5.0, "pink": 3.0}
+    assert h[-7]["seed"] == 23 and h[-7]["meta"]["step"] == 2000                       # session 21's run
+    assert h[-8]["steps"] == 3600                                                      # on session 11's
+    assert h[-8]["meta"]["args"]["narrow_deform"] == [32, 32, 32]
+    assert h[-9]["steps"] == 5000                                                      # on session 9's
+    assert h[-9]["meta"]["args"]["add_fusion_position"]
+    assert h[-10]["steps"] == 2600                                                     # on session 8's
+    assert h[-11]["steps"] == 2100                                                     # on session 7's
+    assert h[-12]["meta"]["step"] == 2000                                              # on the RoboRef fine-tune
+    earlier = h[-13]["meta"]
     assert earlier["step"] == 4200 and earlier["distilled"]["step"] == 1200       # on the ShapeRef student
     # only what training changed is in model.safetensors; the frozen encoder has its own file, and
     # the image weights are those the shipped fp32 graph holds, referenced, not stored twice
