@@ -72,7 +72,8 @@ def test_present_targets_are_visible_and_the_only_match(samples):
             assert matching == [s.target], s.phrase
         if s.kind == "location" and ("leftmost" in s.phrase or "on the left" in s.phrase):
             noun = NOUN_RE.search(_np(s.phrase))
-            same = [o for o in objs if o.pixels >= MIN_SEEN_PIXELS and (noun is None or o.category == NOUNS[noun.group(1)])
+            same = [o for o in objs if o.pixels >= MIN_SEEN_PIXELS
+                    and (noun is None or o.category == NOUNS[noun.group(1)])
                     and (not COLOUR_RE.search(s.phrase) or o.colour == COLOUR_RE.search(s.phrase).group(1))]
             assert min(same, key=lambda o: o.cx) is t, s.phrase
 

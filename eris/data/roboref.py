@@ -6,8 +6,9 @@ triangle/prism; meshes from ``pybullet_data``), dropped and settled by a short p
 stacked. PyBullet's CPU renderer (TinyRenderer: shading, shadows, perspective) draws the frame
 and an exact per-object segmentation buffer; the camera's defects (blur, noise, white balance,
 exposure, JPEG) are added after. One phrase per sample picks out exactly one visible object (it
-keeps >= 40 % of its own pixels) among every object in view, small and far ones included, or, for about 10 % of samples, names something the scene does
-not contain (``kind == "absent"``, empty mask: "not there" is an answer the model must learn).
+keeps >= 40 % of its own pixels) among every object in view, small and far ones included, or,
+for about 10 % of samples, names something the scene does not contain (``kind == "absent"``,
+empty mask: "not there" is an answer the model must learn).
 
 Samples are a pure function of ``(split, index, seed)``: the scene and the expression are decided
 at a fixed analysis resolution, then rendered at any size. ``train`` is unlimited; ``val`` and
