@@ -47,8 +47,8 @@ MIN_PIXELS = 40                   # at analysis size: a target (or a reference) 
 # made only where counting it or not gives the same answer (eris.data.roboref_expressions). 8
 # pixels at 192 are about 90 at 640 x 480. Until session 25 MIN_PIXELS (about 440 pixels at 640)
 # was the only line, so a small or far object in plain view was left out of the uniqueness checks:
-# "the domino next to the blue ball" had a second domino as near, "the duck" a second, smaller duck
-# (README, "Session 25").
+# "the domino next to the blue ball" had a second domino as near, "that teddy bear" a second,
+# smaller teddy (README, "Session 25").
 MIN_SEEN_PIXELS = 8
 ABSENT_P = 0.10
 

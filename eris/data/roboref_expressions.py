@@ -93,13 +93,12 @@ def _unique_desc(objs, i, rng):
     return None
 
 
-def _propose(kind: str, objs: dict, t: int, rng, sure: dict | None = None):
+def _propose(kind: str, objs: dict, t: int, rng, sure: dict):
     """``(phrase kind, np text)`` if an expression of ``kind`` clearly picks ``t``, else None.
     ``objs``: every object a person may see (the phrase must not fit another of them); ``sure``:
-    those nobody can miss (default ``objs``). An object in ``objs`` but not in ``sure`` (small,
+    those nobody can miss (a subset of ``objs``). An object in ``objs`` but not in ``sure`` (small,
     far or mostly hidden) is never a reference, and an ordinal is made only where counting it or
     not gives the same answer: whether a person counts a sliver of ring behind a mug is not known."""
-    sure = objs if sure is None else sure
     o = objs[t]
     level = int(rng.integers(3))
     colour = o.colour if level in (0, 2) else None
