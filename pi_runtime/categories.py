@@ -133,15 +133,28 @@ class CategoryCheck:
         return p[:, idx].sum(axis=1)
 
     def weigh(self, image: np.ndarray, noun: str, labels: np.ndarray, scores: np.ndarray, origin, cell_hw,
-              picking: bool = False):
+              picking: bool = False, memo: dict | None = None):
         """``(new scores, p per region)``: candidates weighed by p(noun); regions under ``share``
         of the best keep their score (they are not asked; p = nan). ``picking``: a where-word or
-        relation chooses next (``pick_power``)."""
+        relation chooses next (``pick_power``). ``memo``: one frame's p by region (its cells), so
+        that weighing the same frame's regions again after a split asks the classifier only about
+        the new parts."""
         p = np.full(len(scores), np.nan)
         if len(scores) == 0:
             return scores, p
         ask = asked_regions(scores, self.share)
-        p[ask] = self.probabilities([crop_input(image, region_cells(labels, i, origin), cell_hw) for i in ask], noun)
+        cells = {int(i): region_cells(labels, i, origin) for i in ask}
+        keys = {i: (c.shape, np.packbits(c).tobytes()) for i, c in cells.items()} if memo is not None else {}
+        new = [i for i in cells if keys.get(i) not in (memo or {})]
+        if new:
+            got = self.probabilities([crop_input(image, cells[i], cell_hw) for i in new], noun)
+            for i, q in zip(new, got):
+                p[i] = q
+                if memo is not None:
+                    memo[keys[i]] = float(q)
+        for i in cells:
+            if i not in new:
+                p[i] = memo[keys[i]]
         out = scores.astype(np.float64).copy()
         power = self.pick_power if picking and self.pick_power is not None else self.power
         out[ask] = scores[ask] * p[ask] ** power

@@ -37,6 +37,19 @@ STICKY_REACH = 3
 # Chosen on stored logits of RoboRef val among 1 / 2 / 4 (1 and 2 tied) and of RoboRef test and
 # ShapeRef val among 0.5 / 1 / 1.5 / 2 (1 best on ShapeRef) (README, "Session 19").
 GROW_MARGIN = 1.0
+# A candidate the category check rejects is often two objects the threshold joined into one region
+# (a teddy bear against the cylinder behind it): the crop shows both and looks like neither. When a
+# where-word or relation chooses among the candidates, such a region is split where the logits show
+# two peaks: at the first of these margins over the threshold where it falls apart into two or more
+# parts of at least SPLIT_MIN_CELLS cells each, its cells are shared out among those parts
+# (:func:`split_regions`) and the check weighs the parts afresh. Chosen on stored logits (README,
+# "Session 26"); margins (2, 4, 6) and parts of at least 8 cells were measured too.
+SPLIT_MARGINS = (1.0, 2.0, 3.0, 4.0, 6.0)
+SPLIT_MIN_CELLS = 4
+# ... and the split stands only where the check finds one of the parts likely, p >= SPLIT_LIKELY:
+# a shape's arm or a teddy bear's head, cut off, can read as another kind of object. Chosen among
+# none / 0.3 / 0.5 / 0.7 as the one that lost on no set (README, "Session 26").
+SPLIT_LIKELY = 0.7
 
 
 def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -101,12 +114,84 @@ def region_scores(logits: np.ndarray, threshold_logit: float):
         return np.zeros((0, 0), np.int32), 0, np.zeros(0), (0, 0)
     box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
     labels, n = label_regions(over[box])
+    return labels, n, _scores(labels, n, logits[box], threshold_logit), (int(rows[0]), int(cols[0]))
+
+
+def _scores(labels: np.ndarray, n: int, logits: np.ndarray, threshold_logit: float) -> np.ndarray:
+    """Each region's score, (mean logit - threshold) x cells ** :data:`SIZE_POWER`, over ``logits``
+    of ``labels``' shape. Shifted by the threshold, so every region's mean is >= 0 and a bigger
+    region never scores less for being bigger at the same mean."""
     flat = labels.ravel()
     counts = np.bincount(flat, minlength=n + 1)[1:]
-    sums = np.bincount(flat, weights=logits[box].ravel().astype(np.float64), minlength=n + 1)[1:]
-    # Shifted by the threshold, so every region's mean is >= 0 and a bigger region never scores less
-    # for being bigger at the same mean.
-    return labels, n, (sums / counts - threshold_logit) * counts ** SIZE_POWER, (int(rows[0]), int(cols[0]))
+    sums = np.bincount(flat, weights=logits.ravel().astype(np.float64), minlength=n + 1)[1:]
+    return (sums / np.maximum(counts, 1) - threshold_logit) * counts ** SIZE_POWER
+
+
+def split_regions(labels: np.ndarray, n: int, logits: np.ndarray, threshold_logit: float,
+                  which) -> tuple[np.ndarray, int, list[int]]:
+    """``(labels, n, parts)`` with each region named in ``which`` (labels 1..n) split where ``logits`` (of
+    ``labels``' shape) show two or more peaks: at the first margin of :data:`SPLIT_MARGINS` over the
+    threshold where the region's cells over it fall apart into parts of at least
+    :data:`SPLIT_MIN_CELLS` cells (smaller ones are ignored), the region's cells are shared among
+    those parts, each cell going to the part that reaches it first through the region (a tie to
+    the part first in raster order). Regions that do not fall apart, and all others, stay whole;
+    labels are renumbered 1..n' in the order of the old ones; ``parts`` are the new labels of the
+    regions' parts where one was split."""
+    out = np.zeros_like(labels)
+    k = 0
+    split = []
+    for i in range(1, n + 1):
+        region = labels == i
+        peaks = None
+        if i in which:   # worked on the region's bounding box
+            rows, cols = np.nonzero(region.any(axis=1))[0], np.nonzero(region.any(axis=0))[0]
+            box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+            peaks = _peaks(region[box], logits[box], threshold_logit)
+        if peaks is None:
+            k += 1
+            out[region] = k
+            continue
+        for part in _share_among(region[box], peaks):
+            k += 1
+            out[box][part] = k
+            split.append(k)
+    return out, k, split
+
+
+def _peaks(region: np.ndarray, logits: np.ndarray, threshold_logit: float) -> list[np.ndarray] | None:
+    """The parts ``region`` falls apart into at the first margin of :data:`SPLIT_MARGINS` where two
+    or more of at least :data:`SPLIT_MIN_CELLS` cells appear, or None."""
+    if region.sum() < 2 * SPLIT_MIN_CELLS:
+        return None
+    for margin in SPLIT_MARGINS:
+        high, m = label_regions(region & (logits >= threshold_logit + margin))
+        if m < 2:
+            continue
+        sizes = np.bincount(high.ravel(), minlength=m + 1)[1:]
+        big = np.nonzero(sizes >= SPLIT_MIN_CELLS)[0] + 1
+        if len(big) >= 2:
+            return [high == b for b in big]
+    return None
+
+
+def _share_among(region: np.ndarray, parts: list[np.ndarray]) -> list[np.ndarray]:
+    """``region``'s cells shared among ``parts`` (disjoint bool maps inside it), spreading one
+    8-neighbour step at a time through the region from all at once (a cell two reach in the same
+    step goes to the earlier part); cells no part reaches join the first."""
+    owned = [p.copy() for p in parts]
+    free = region & ~np.logical_or.reduce(owned)
+    while free.any():
+        moved = False
+        for p in owned:
+            step = grow(p, 1) & free
+            if step.any():
+                p |= step
+                free &= ~step
+                moved = True
+        if not moved:
+            owned[0] |= free
+            break
+    return owned
 
 
 def region_boxes(labels: np.ndarray, n: int, origin: tuple[int, int] = (0, 0)) -> dict[str, np.ndarray]:
@@ -183,11 +268,25 @@ def best_region(logits: np.ndarray, threshold_logit: float, prefer: np.ndarray |
     relation, :func:`pi_runtime.relations.choose_related`); it decides instead, given
     ``preferred``, the regions touching ``prefer`` (or None), to apply live mode's memory its way.
     ``weigh``: a callable ``(labels, scores, origin) -> scores`` applied first (the category
-    check, :mod:`pi_runtime.categories`); it sees a lone region too."""
+    check, :mod:`pi_runtime.categories`); it sees a lone region too. Where it has ``rejected()``,
+    naming the labels it judged unlikely, and ``likely(labels, p)``, whether any of those labels
+    reaches p, the rejected regions are split where two objects joined (:func:`split_regions`) and
+    weighed again, and the split stands if a part reaches :data:`SPLIT_LIKELY`."""
     logits = np.asarray(logits)
     labels, n, scores, (r0, c0) = region_scores(logits, threshold_logit)
     if weigh is not None and n >= 1:
-        scores = weigh(labels, scores, (r0, c0))
+        weighed = weigh(labels, scores, (r0, c0))
+        rejected = weigh.rejected() if hasattr(weigh, "rejected") else ()
+        if len(rejected):
+            box = logits[r0:r0 + labels.shape[0], c0:c0 + labels.shape[1]]
+            split, m, parts = split_regions(labels, n, box, threshold_logit, set(rejected))
+            if m > n:
+                split_weighed = weigh(split, _scores(split, m, box, threshold_logit), (r0, c0))
+                if weigh.likely(parts, SPLIT_LIKELY):
+                    labels, n, weighed = split, m, split_weighed
+                else:   # the weighing remembers the regions it saw last: the whole ones again
+                    weighed = weigh(labels, scores, (r0, c0))
+        scores = weighed
     if n <= 1:
         return logits >= threshold_logit
     touches = None

@@ -141,11 +141,29 @@ class _Weighing:
         self.check, self.image, self.noun, self.cell_hw, self.picking = check, image, noun, cell_hw, picking
         self.labels = self.p = None
         self.origin = (0, 0)
+        self.memo = {}   # p by region: a region weighed again after a split is not asked again
 
     def __call__(self, labels: np.ndarray, scores: np.ndarray, origin) -> np.ndarray:
         self.labels, self.origin = labels, origin
-        weighed, self.p = self.check.weigh(self.image, self.noun, labels, scores, origin, self.cell_hw, self.picking)
+        weighed, self.p = self.check.weigh(self.image, self.noun, labels, scores, origin, self.cell_hw, self.picking,
+                                           self.memo)
         return weighed
+
+    def rejected(self) -> list[int]:
+        """When a where-word or relation chooses (``picking``): the labels (1..n) of the last call's
+        regions whose p is under the check's ``found_min``, which ``best_region`` splits where two
+        objects joined (:func:`pi_runtime.regions.split_regions`); else none. Not for a phrase that
+        only names a kind ("the ball"): split, a teddy bear's round head reads as a ball, and an
+        absent object is found (README, "Session 26")."""
+        if self.p is None or not self.picking:
+            return []
+        with np.errstate(invalid="ignore"):
+            return [int(i) + 1 for i in np.nonzero(self.p < self.check.found_min)[0]]
+
+    def likely(self, labels, p: float) -> bool:
+        """Whether any of ``labels`` (1..n, of the last call's regions) was asked and reached ``p``."""
+        got = self.p[np.asarray(labels, int) - 1] if self.p is not None and len(labels) else np.array([])
+        return bool((got >= p).any()) if got.size else False
 
     def chosen_p(self, keep: np.ndarray) -> float:
         """p(noun) of the region ``keep`` holds (1 where it was not asked or there was none)."""

@@ -5,8 +5,9 @@ from collections import deque
 import numpy as np
 import pytest
 
-from pi_runtime.regions import (GROW_MARGIN, SIZE_POWER, STICKY_BONUS, RegionTrack, best_region, grow, grow_region,
-                                label_regions)
+from pi_runtime.regions import (GROW_MARGIN, SIZE_POWER, SPLIT_LIKELY, SPLIT_MARGINS, SPLIT_MIN_CELLS, STICKY_BONUS,
+                                RegionTrack, best_region, grow, grow_region, label_regions, region_scores,
+                                split_regions)
 
 
 def _flood_fill_labels(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -204,3 +205,86 @@ def test_region_track_stays_on_its_object_until_another_is_clearly_surer():
     assert on_b(track.choose(_left_right_blobs(2.4, 3.0), 0.0, "the cup"))          # after forget: afresh
     assert not track.choose(np.full((20, 40), -1.0), 0.0, "the cup").any() and track.last is None
     assert STICKY_BONUS > 1
+
+
+def _joined_peaks(bridge: float = 1.0, right_side: int = 10) -> np.ndarray:
+    """Two 10-cell-high peaks of logit 6 (columns 10-19 and 24-), joined over the threshold 0 by a
+    bridge of ``bridge`` (columns 20-23): one region at the threshold, two from margin 2 up."""
+    logits = np.full((30, 60), -5.0)
+    logits[10:20, 10:20] = 6.0
+    logits[10:20, 20:24] = bridge
+    logits[10:20, 24:24 + right_side] = 6.0
+    return logits
+
+
+def test_split_regions_shares_a_two_peak_region_out_between_its_peaks():
+    assert SPLIT_MARGINS[:2] == (1.0, 2.0) and SPLIT_MIN_CELLS == 4  # the geometry below is worked out for them
+    logits = _joined_peaks()
+    logits[25:28, 40:43] = 3.0                                         # a second region, not named: stays whole
+    labels, n, _, (r0, c0) = region_scores(logits, 0.0)
+    assert n == 2
+    box = logits[r0:r0 + labels.shape[0], c0:c0 + labels.shape[1]]
+    split, m, parts = split_regions(labels, n, box, 0.0, {1})
+    assert m == 3 and parts == [1, 2] and np.array_equal(split > 0, labels > 0)   # every cell kept, none added
+    left, right = (split == 1), (split == 2)
+    full = lambda part: np.pad(part, ((r0, 60 - r0 - part.shape[0]), (c0, 60 - c0 - part.shape[1])))[:30]
+    # bridge columns 20-21 are nearer the left peak, 22-23 the right one (margin 1 keeps the bridge: no split there)
+    assert full(left)[10:20, 10:22].all() and not full(left)[:, 22:].any()
+    assert full(right)[10:20, 22:34].all() and not full(right)[:, :22].any()
+    assert np.array_equal(split == 3, labels == 2)
+
+
+def _small_second_peak() -> np.ndarray:
+    """Like :func:`_joined_peaks`, but the right part is low (1.5) except a 3-cell peak."""
+    logits = _joined_peaks()
+    logits[10:20, 24:34] = 1.5
+    logits[10, 24:27] = 6.0
+    return logits
+
+
+@pytest.mark.parametrize("logits, which", [
+    (_joined_peaks(bridge=6.0), {1}),   # one flat plateau: no margin parts it
+    (_small_second_peak(), {1}),        # the second peak has 3 cells, fewer than SPLIT_MIN_CELLS
+    (_joined_peaks(), set()),           # two peaks, but the region is not named
+])
+def test_split_regions_keeps_a_region_whole_without_two_peaks_or_when_not_named(logits, which):
+    labels, n, _, (r0, c0) = region_scores(logits, 0.0)
+    box = logits[r0:r0 + labels.shape[0], c0:c0 + labels.shape[1]]
+    split, m, parts = split_regions(labels, n, box, 0.0, which)
+    assert m == n == 1 and parts == [] and np.array_equal(split, labels)
+
+
+class _HalfWeigh:
+    """A category check stand-in: p = ``left_p`` for a region wholly left of column ``edge``, else
+    0; it rejects regions under 0.5 when ``rejects`` (the runtime's check does so only while picking)."""
+
+    def __init__(self, edge: int, rejects: bool = True, left_p: float = 1.0):
+        self.edge, self.rejects, self.left_p, self.calls = edge, rejects, left_p, 0
+
+    def __call__(self, labels, scores, origin):
+        self.calls += 1
+        cols = np.arange(labels.shape[1]) + origin[1]
+        right = np.bincount(labels.ravel(), weights=np.broadcast_to(cols >= self.edge, labels.shape).ravel(),
+                            minlength=len(scores) + 1)[1:]
+        self.p = np.where(right > 0, 0.0, self.left_p)
+        return scores * self.p
+
+    def rejected(self):
+        return [int(i) + 1 for i in np.nonzero(self.p < 0.5)[0]] if self.rejects else []
+
+    def likely(self, labels, p):
+        return bool((self.p[np.asarray(labels) - 1] >= p).any())
+
+
+def test_best_region_splits_a_rejected_region_and_keeps_the_part_the_check_accepts():
+    logits = _joined_peaks()
+    logits[25:27, 50:52] = 0.5                        # a faint second region, so there is a choice
+    weigh = _HalfWeigh(edge=22)
+    keep = best_region(logits, 0.0, weigh=weigh)
+    assert weigh.calls == 2 and keep[10:20, 10:22].all() and keep.sum() == 120
+    kept_whole = best_region(logits, 0.0, weigh=_HalfWeigh(edge=22, rejects=False))
+    assert kept_whole[10:20, 10:34].all()              # nothing rejected: the joined region, as before
+    assert SPLIT_LIKELY > 0.6
+    unsure = _HalfWeigh(edge=22, left_p=0.6)           # no part likely enough: the split does not stand
+    kept_whole = best_region(logits, 0.0, weigh=unsure)
+    assert unsure.calls == 3 and kept_whole[10:20, 10:34].all() and unsure.p.tolist() == [0.0, 0.0]
