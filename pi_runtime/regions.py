@@ -38,17 +38,18 @@ STICKY_REACH = 3
 # ShapeRef val among 0.5 / 1 / 1.5 / 2 (1 best on ShapeRef) (README, "Session 19").
 GROW_MARGIN = 1.0
 # A candidate the category check rejects is often two objects the threshold joined into one region
-# (a teddy bear against the cylinder behind it): the crop shows both and looks like neither. When a
-# where-word or relation chooses among the candidates, such a region is split where the logits show
-# two peaks: at the first of these margins over the threshold where it falls apart into two or more
-# parts of at least SPLIT_MIN_CELLS cells each, its cells are shared out among those parts
-# (:func:`split_regions`) and the check weighs the parts afresh. Chosen on stored logits (README,
-# "Session 26"); margins (2, 4, 6) and parts of at least 8 cells were measured too.
+# (a teddy bear against the cylinder behind it): the crop shows both and looks like neither. Such a
+# region is split where the logits show two peaks: at the first of these margins over the threshold
+# where it falls apart into two or more parts of at least SPLIT_MIN_CELLS cells each, its cells are
+# shared out among those parts (:func:`split_regions`) and the check weighs the parts afresh. Chosen
+# on stored logits (README, "Session 26"); margins (2, 4, 6) and parts of at least 8 cells were
+# measured too.
 SPLIT_MARGINS = (1.0, 2.0, 3.0, 4.0, 6.0)
 SPLIT_MIN_CELLS = 4
 # ... and the split stands only where the check finds one of the parts likely, p >= SPLIT_LIKELY:
-# a shape's arm or a teddy bear's head, cut off, can read as another kind of object. Chosen among
-# none / 0.3 / 0.5 / 0.7 as the one that lost on no set (README, "Session 26").
+# a shape's arm or a teddy bear's head, cut off, can read as another kind of object, and an absent
+# one would be found. Chosen among none / 0.3 / 0.5 / 0.7 as the one that lost on no set (README,
+# "Session 26").
 SPLIT_LIKELY = 0.7
 
 

@@ -150,12 +150,9 @@ class _Weighing:
         return weighed
 
     def rejected(self) -> list[int]:
-        """When a where-word or relation chooses (``picking``): the labels (1..n) of the last call's
-        regions whose p is under the check's ``found_min``, which ``best_region`` splits where two
-        objects joined (:func:`pi_runtime.regions.split_regions`); else none. Not for a phrase that
-        only names a kind ("the ball"): split, a teddy bear's round head reads as a ball, and an
-        absent object is found (README, "Session 26")."""
-        if self.p is None or not self.picking:
+        """The labels (1..n) of the last call's regions whose p is under the check's ``found_min``,
+        which ``best_region`` splits where two objects joined (:func:`pi_runtime.regions.split_regions`)."""
+        if self.p is None:
             return []
         with np.errstate(invalid="ignore"):
             return [int(i) + 1 for i in np.nonzero(self.p < self.check.found_min)[0]]

@@ -373,11 +373,11 @@ def test_the_plain_description_adds_the_objects_the_full_phrase_missed(bundle, m
         .plain_phrase("the leftmost mug") is None
 
 
-def test_a_region_the_check_rejects_is_split_where_two_objects_joined_when_a_where_word_chooses(bundle, monkeypatch):
+def test_a_region_the_check_rejects_is_split_where_two_objects_joined(bundle, monkeypatch):
     """A red duck (left) and a blue mug joined over the threshold by a low bridge are one region,
-    whose crop's centre (the bridge, black) reads "mug". With a where-word choosing, the check's
-    rejected region is split at its two peaks and the duck found; "the duck" alone is not split
-    (an absent kind must stay not found), nor is anything without the split."""
+    whose crop's centre (the bridge, black) reads "mug". The check's rejected region is split at
+    its two peaks and the duck found, for a where-word and for the category alone; "the cup" (no
+    part is likely) and anything without the split are not found."""
     import pi_runtime.regions as regions
     from pi_runtime.categories import CategoryCheck
     from tests.test_categories import _FakeClassifier
@@ -391,13 +391,15 @@ def test_a_region_the_check_rejects_is_split_where_two_objects_joined_when_a_whe
     image[10:20, 24:34] = (0, 0, 255)
     seg = Segmenter.from_bundle(bundle / "bundle", precision="fp32", threads=1)
     _fake_runs(seg, monkeypatch, {}, grid, [])
-    seg.category_check = CategoryCheck(_FakeClassifier(), ["duck", "mug", "none"], {"duck": ["duck"], "mug": ["mug"]},
+    seg.category_check = CategoryCheck(_FakeClassifier(), ["duck", "mug", "none"],
+                                       {"duck": ["duck"], "mug": ["mug"], "cup": ["none"]},
                                        share=0.1, power=1.0, found_min=0.5)
-    r = seg.segment(image, "the leftmost duck")
-    assert r.found and r.mask[10:20, 10:20].all() and not r.mask[:, 24:].any()
-    assert not seg.segment(image, "the duck").found
+    for phrase in ("the leftmost duck", "the duck"):
+        r = seg.segment(image, phrase)
+        assert r.found and r.mask[10:20, 10:20].all() and not r.mask[:, 24:].any()
+    assert not seg.segment(image, "the cup").found
     monkeypatch.setattr(regions, "SPLIT_MARGINS", ())
-    assert not seg.segment(image, "the leftmost duck").found
+    assert not seg.segment(image, "the leftmost duck").found and not seg.segment(image, "the duck").found
 
 
 def test_the_generic_description_replaces_the_plain_one_where_the_category_check_can_choose(bundle, monkeypatch):
