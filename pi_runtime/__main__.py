@@ -69,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --regions best: keep the region the model is surest of even when the phrase says "
                          "where its object is (default: 'leftmost', 'second from the right', 'in the middle' "
                          "choose among the candidate regions by place, 'nearest' / 'farthest' by how low they reach "
-                         "in the frame, 'biggest' / 'small' by area over how far below the horizon a region stands, and "
-                         "'left of the duck' asks for the duck alone and keeps the candidate left of it; README, "
-                         "'Session 15: where-words and relations', 'Session 18', 'Session 22')")
+                         "in the frame, 'biggest' / 'small' by area over how far below the horizon a region "
+                         "stands, and 'left of the duck' asks for the duck alone and keeps the candidate left of "
+                         "it; README, 'Session 15: where-words and relations', 'Session 18', 'Session 22')")
     ap.add_argument("--no-category-check", dest="category_check", action="store_false",
                     help="with --regions best: do not ask the bundle's crop classifier which candidate region is "
                          "of the category the phrase names (default, where the bundle has one: candidates are "

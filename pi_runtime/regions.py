@@ -38,7 +38,7 @@ STICKY_REACH = 3
 # ShapeRef val among 0.5 / 1 / 1.5 / 2 (1 best on ShapeRef) (README, "Session 19").
 GROW_MARGIN = 1.0
 # A candidate the category check rejects is often two objects the threshold joined into one region
-# (a teddy bear against the cylinder behind it): the crop shows both and looks like neither. Such a
+# (a teddy bear and the can beside it): the crop shows both and looks like neither. Such a
 # region is split where the logits show two peaks: at the first of these margins over the threshold
 # where it falls apart into two or more parts of at least SPLIT_MIN_CELLS cells each, its cells are
 # shared out among those parts (:func:`split_regions`) and the check weighs the parts afresh. Chosen
@@ -277,7 +277,7 @@ def best_region(logits: np.ndarray, threshold_logit: float, prefer: np.ndarray |
     labels, n, scores, (r0, c0) = region_scores(logits, threshold_logit)
     if weigh is not None and n >= 1:
         weighed = weigh(labels, scores, (r0, c0))
-        rejected = weigh.rejected() if hasattr(weigh, "rejected") else ()
+        rejected = weigh.rejected() if hasattr(weigh, "rejected") and hasattr(weigh, "likely") else ()
         if len(rejected):
             box = logits[r0:r0 + labels.shape[0], c0:c0 + labels.shape[1]]
             split, m, parts = split_regions(labels, n, box, threshold_logit, set(rejected))
