@@ -142,19 +142,15 @@ class CategoryCheck:
         p = np.full(len(scores), np.nan)
         if len(scores) == 0:
             return scores, p
+        memo = {} if memo is None else memo
         ask = asked_regions(scores, self.share)
         cells = {int(i): region_cells(labels, i, origin) for i in ask}
-        keys = {i: (c.shape, np.packbits(c).tobytes()) for i, c in cells.items()} if memo is not None else {}
-        new = [i for i in cells if keys.get(i) not in (memo or {})]
-        if new:
-            got = self.probabilities([crop_input(image, cells[i], cell_hw) for i in new], noun)
-            for i, q in zip(new, got):
-                p[i] = q
-                if memo is not None:
-                    memo[keys[i]] = float(q)
+        keys = {i: (c.shape, np.packbits(c).tobytes()) for i, c in cells.items()}
+        new = [i for i in cells if keys[i] not in memo]
+        for i, q in zip(new, self.probabilities([crop_input(image, cells[i], cell_hw) for i in new], noun)):
+            memo[keys[i]] = float(q)
         for i in cells:
-            if i not in new:
-                p[i] = memo[keys[i]]
+            p[i] = memo[keys[i]]
         out = scores.astype(np.float64).copy()
         power = self.pick_power if picking and self.pick_power is not None else self.power
         out[ask] = scores[ask] * p[ask] ** power
